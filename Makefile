@@ -1,0 +1,33 @@
+# `make demo` and `make test` set everything up on a fresh machine (see README.md).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+STAMP := $(VENV)/.meddl-installed
+
+.PHONY: demo test lint benchmark clean
+
+$(STAMP): pyproject.toml constraints.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned, so that nothing later pulls a CUDA build
+	$(PIP) install -c constraints.txt torch
+	$(PIP) install -c constraints.txt -r requirements-dev.txt
+	# deepbet without its GUI dependencies: MedDL only needs its weights and reference pipeline
+	$(PIP) install -c constraints.txt --no-deps deepbet
+	$(PIP) install --no-deps --no-build-isolation -e .
+	# the unrelated PyPI package `slicer` would shadow slicer-core's `slicer`
+	! $(PY) -m pip show -q slicer 2>/dev/null
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/brain_extraction_demo.py --out demo-output
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+benchmark: $(STAMP)
+	$(PY) benchmarks/segmentation.py
+
+clean:
+	rm -rf $(VENV) demo-output

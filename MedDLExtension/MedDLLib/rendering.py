@@ -1,0 +1,76 @@
+"""Off-screen rendering of a real Slicer slice view (slice logic + displayable managers) to PNG.
+
+The same classes as Slicer's slice views, without Qt: the slice logic reslices and blends the
+volume layers, the 2D segmentation displayable manager draws the segments on top.
+"""
+
+from __future__ import annotations
+
+import slicer
+import vtk
+
+SLICE_MANAGERS = ("vtkMRMLSegmentationsDisplayableManager2D",)
+
+
+def render_slice_view(headless, volume_node, path: str, orientation: str = "Axial", size: int = 512,
+                      offset: float | None = None, name: str = "Red") -> str:
+    """Render the volume (and visible segmentations) in a slice view and write a PNG."""
+    window = vtk.vtkRenderWindow()
+    window.SetOffScreenRendering(1)
+    window.SetSize(size, size)
+    window.SetAlphaBitPlanes(1)
+    # the resliced volume layers in layer 0, the displayable managers' actors above them in layer 1
+    renderer = vtk.vtkRenderer()
+    overlay = vtk.vtkRenderer()
+    window.SetNumberOfLayers(2)
+    for layer, layer_renderer in enumerate((renderer, overlay)):
+        layer_renderer.SetLayer(layer)
+        layer_renderer.GetActiveCamera().ParallelProjectionOn()
+        window.AddRenderer(layer_renderer)
+    interactor = vtk.vtkGenericRenderWindowInteractor()  # displayable managers observe the interactor
+    interactor.SetRenderWindow(window)
+    interactor.Initialize()
+
+    logic = slicer.vtkMRMLSliceLogic()
+    logic.SetMRMLApplicationLogic(headless.application_logic)
+    headless.application_logic.GetSliceLogics().AddItem(logic)
+    logic.SetMRMLScene(headless.scene)
+    slice_node = logic.AddSliceNode(name)
+    slice_node.SetOrientation(orientation)
+    logic.GetSliceCompositeNode().SetBackgroundVolumeID(volume_node.GetID())
+
+    factory = slicer.vtkMRMLSliceViewDisplayableManagerFactory.GetInstance()
+    factory.SetMRMLApplicationLogic(headless.application_logic)
+    for manager in SLICE_MANAGERS:
+        if not factory.IsDisplayableManagerRegistered(manager):
+            factory.RegisterDisplayableManager(manager)
+    group = slicer.vtkMRMLDisplayableManagerGroup()
+    group.Initialize(factory, overlay)
+    group.SetMRMLDisplayableNode(slice_node)
+
+    logic.ResizeSliceNode(size, size)
+    logic.FitSliceToBackground()
+    if offset is not None:
+        logic.SetSliceOffset(offset)
+    logic.SnapSliceOffsetToIJK()
+
+    mapper = vtk.vtkImageMapper()
+    mapper.SetColorWindow(255)
+    mapper.SetColorLevel(127.5)
+    mapper.SetInputConnection(logic.GetImageDataConnection())
+    actor = vtk.vtkActor2D()
+    actor.SetMapper(mapper)
+    actor.GetProperty().SetDisplayLocationToBackground()
+    renderer.AddViewProp(actor)
+    window.Render()
+
+    capture = vtk.vtkWindowToImageFilter()
+    capture.SetInput(window)
+    capture.Update()
+    writer = vtk.vtkPNGWriter()
+    writer.SetFileName(str(path))
+    writer.SetInputConnection(capture.GetOutputPort())
+    writer.Write()
+    headless.application_logic.GetSliceLogics().RemoveItem(logic)
+    window.Finalize()
+    return str(path)

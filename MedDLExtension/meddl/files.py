@@ -1,0 +1,37 @@
+"""All-or-nothing file output: write to a temporary sibling, then rename into place."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import OutputError
+
+
+def check_writable(path: Path) -> None:
+    """Raise OutputError early when `path` cannot be created."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"cannot write {path}: folder {folder} does not exist")
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a folder")
+    if not os.access(folder, os.W_OK):
+        raise OutputError(f"cannot write {path}: no permission to write in {folder}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds."""
+    path = Path(path)
+    check_writable(path)
+    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}{suffix}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except OSError as error:
+        raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()

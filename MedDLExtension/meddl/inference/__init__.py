@@ -1,0 +1,1 @@
+"""Running segmentation networks: preprocessing, sliding-window inference, postprocessing."""

@@ -1,0 +1,63 @@
+"""Resolve a model reference (catalog id, file or folder) to networks, card and pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ModelError
+from . import catalog
+from .bundle import is_bundle, load_bundle
+from .card import ModelCard, read_card
+from .networks import (
+    build_monai_network,
+    is_torchscript,
+    load_checkpoint,
+    load_torchscript,
+    load_weights,
+    state_dict_of,
+)
+
+
+@dataclass
+class LoadedModel:
+    """Networks ready for inference, with the card and the pipeline that runs them."""
+
+    card: ModelCard
+    networks: dict[str, torch.nn.Module]
+    pipeline: dict[str, Any] = field(default_factory=lambda: {"type": "sliding-window"})
+    source: str = ""
+
+
+def card_path_for(model_path: Path) -> Path:
+    """A file model's card sits beside it: model.pt -> model.json."""
+    return model_path.with_suffix(".json")
+
+
+def load_model(reference: str | Path, trust: bool = False, card: str | Path | None = None) -> LoadedModel:
+    """Load a catalogued model by id, a MONAI bundle folder, or a model file with its JSON card."""
+    text = str(reference)
+    if catalog.has_entry(text) and not Path(text).exists():
+        return catalog.load_entry(text)
+    path = Path(text)
+    if not path.exists():
+        known = ", ".join(catalog.entry_ids())
+        raise ModelError(f"model not found: {text!r} is neither a catalogued model ({known}) nor a file or folder")
+    if path.is_dir():
+        if not is_bundle(path):
+            raise ModelError(f"folder {path} is not a MONAI bundle (no configs/metadata.json)")
+        return load_bundle(path, trust)
+    model_card = read_card(card or card_path_for(path))
+    if is_torchscript(path):
+        network = load_torchscript(path)
+    else:
+        checkpoint = load_checkpoint(path, trust)
+        if isinstance(checkpoint, torch.nn.Module):
+            network = checkpoint.eval()
+        else:
+            network = build_monai_network(model_card.network, f"model card of {path}")
+            network = load_weights(network, state_dict_of(checkpoint, path), path)
+    return LoadedModel(model_card, {"network": network}, {"type": "sliding-window"}, str(path))

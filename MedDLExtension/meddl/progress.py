@@ -1,0 +1,55 @@
+"""Progress reporting: a callback taking a fraction in [0, 1] and a short message."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Callable, Optional, TextIO
+
+Progress = Callable[[float, str], None]
+
+
+def no_progress(fraction: float, message: str) -> None:
+    """A progress callback that reports nothing."""
+
+
+def scaled(progress: Optional[Progress], start: float, end: float) -> Progress:
+    """A callback that maps a sub-task's 0..1 onto start..end of the parent's progress."""
+    report = progress or no_progress
+    return lambda fraction, message: report(start + (end - start) * min(max(fraction, 0.0), 1.0), message)
+
+
+class JsonLinesProgress:
+    """Writes one JSON object a line: the worker protocol read by MedDLLib's job runner."""
+
+    def __init__(self, stream: TextIO = sys.stdout) -> None:
+        self.stream = stream
+
+    def emit(self, event: str, **fields: object) -> None:
+        self.stream.write(json.dumps({"event": event, **fields}) + "\n")
+        self.stream.flush()
+
+    def __call__(self, fraction: float, message: str) -> None:
+        self.emit("progress", fraction=round(float(fraction), 4), message=message)
+
+
+class TerminalProgress:
+    """A one-line progress bar on a terminal (stderr), redrawn at most ten times a second."""
+
+    def __init__(self, stream: TextIO = sys.stderr, width: int = 30) -> None:
+        self.stream = stream
+        self.width = width
+        self.last_draw = 0.0
+
+    def __call__(self, fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if fraction < 1.0 and now - self.last_draw < 0.1:
+            return
+        self.last_draw = now
+        filled = int(round(self.width * fraction))
+        bar = "#" * filled + "-" * (self.width - filled)
+        self.stream.write(f"\r[{bar}] {100 * fraction:5.1f}% {message[:40]:<40}")
+        if fraction >= 1.0:
+            self.stream.write("\n")
+        self.stream.flush()

@@ -1,0 +1,73 @@
+"""The segmentation task: image in, label map and its labels out (Python API of `meddl segment`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .device import select_compute
+from .image import Image
+from .io import read_image, write_image
+from .models.card import Label, ModelCard
+from .models.catalog import default_model
+from .models.loading import LoadedModel, load_model
+from .progress import Progress, no_progress, scaled
+
+
+@dataclass(frozen=True)
+class SegmentationResult:
+    """A label map on the input grid and the labels its values stand for."""
+
+    labels: Image
+    card: ModelCard
+
+    def label_table(self) -> list[dict]:
+        """Labels as JSON-ready dictionaries (value, name, color, terminology)."""
+        return [asdict(label) for label in self.card.labels]
+
+
+def segment(image: Image, model: str | Path | LoadedModel | None = None, device: str = "auto",
+            progress: Progress | None = None, trust_model: bool = False) -> SegmentationResult:
+    """Segment an image with a model (catalog id, path, or an already loaded model)."""
+    from .inference.segmenters import make_segmenter
+
+    report = progress or no_progress
+    report(0.0, "loading model")
+    loaded = model if isinstance(model, LoadedModel) else load_model(model or default_model("segmentation"),
+                                                                     trust=trust_model)
+    segmenter = make_segmenter(loaded, select_compute(device))
+    labels = segmenter(image, scaled(report, 0.05, 1.0))
+    return SegmentationResult(labels, loaded.card)
+
+
+def labels_path_for(output: Path) -> Path:
+    """The JSON sidecar that names the labels of a label-map file."""
+    name = output.name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nhdr"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return output.with_name(name + ".labels.json")
+
+
+def segment_file(input_path: str | Path, output_path: str | Path, model: str | None = None,
+                 device: str = "auto", progress: Progress | None = None, trust_model: bool = False
+                 ) -> SegmentationResult:
+    """Read, segment and write a label map and its labels sidecar; nothing is written on failure."""
+    from .files import atomic_path, check_writable
+
+    output_path = Path(output_path)
+    check_writable(output_path)
+    report = progress or no_progress
+    image = read_image(input_path)
+    result = segment(image, model, device, scaled(report, 0.0, 0.95), trust_model)
+    sidecar = labels_path_for(output_path)
+    with atomic_path(sidecar) as temporary:
+        temporary.write_text(json.dumps({"model": result.card.name, "labels": result.label_table()}, indent=1))
+    write_image(result.labels, output_path)
+    report(1.0, "written")
+    return result
+
+
+__all__ = ["Label", "SegmentationResult", "segment", "segment_file", "labels_path_for"]
