@@ -78,7 +78,7 @@ def apply_label_map(scene, label_image: Image, labels: Sequence[Any], reference_
                 slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE, oriented.GetExtent())
             tag = terminology_tag(_label_field(label, "terminology"))
             if tag:
-                segmentation.GetSegment(segment_id).SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), tag)
+                segmentation.GetSegment(segment_id).SetTerminology(tag)
     finally:
         segmentation_node.EndModify(was_modifying)
     if reference_volume is not None:
@@ -92,9 +92,14 @@ def place_beside_in_hierarchy(scene, node, reference_node) -> None:
     if hierarchy is None:
         return
     reference_item = hierarchy.GetItemByDataNode(reference_node)
+    if not reference_item:
+        return
+    parent = hierarchy.GetItemParent(reference_item)
     item = hierarchy.GetItemByDataNode(node)
-    if reference_item and item:
-        hierarchy.SetItemParent(item, hierarchy.GetItemParent(reference_item))
+    if item:
+        hierarchy.SetItemParent(item, parent)
+    else:  # outside Slicer no plugin handler creates items for new nodes
+        hierarchy.CreateItem(parent, node)
 
 
 def label_map_from_segmentation(segmentation_node, reference_volume, segment_names: Sequence[str]) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Sequence
 
 from .device import DEVICE_CHOICES
@@ -78,6 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("meddl: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # a bug or an unforeseen failure: still one clear line and a protocol event
+        traceback.print_exc()
+        if protocol:
+            protocol.emit("error", kind="InternalError", message=f"unexpected error: {error!r}")
+        print(f"meddl: unexpected error: {error!r}", file=sys.stderr)
+        return 1
     if protocol:
         protocol.emit("done", **summary)
     return 0

@@ -23,12 +23,13 @@ def scaled(progress: Optional[Progress], start: float, end: float) -> Progress:
 class JsonLinesProgress:
     """Writes one JSON object a line: the worker protocol read by MedDLLib's job runner."""
 
-    def __init__(self, stream: TextIO = sys.stdout) -> None:
-        self.stream = stream
+    def __init__(self, stream: Optional[TextIO] = None) -> None:
+        self._stream = stream
 
     def emit(self, event: str, **fields: object) -> None:
-        self.stream.write(json.dumps({"event": event, **fields}) + "\n")
-        self.stream.flush()
+        stream = self._stream or sys.stdout  # looked up late, so redirection is honoured
+        stream.write(json.dumps({"event": event, **fields}) + "\n")
+        stream.flush()
 
     def __call__(self, fraction: float, message: str) -> None:
         self.emit("progress", fraction=round(float(fraction), 4), message=message)
@@ -37,8 +38,8 @@ class JsonLinesProgress:
 class TerminalProgress:
     """A one-line progress bar on a terminal (stderr), redrawn at most ten times a second."""
 
-    def __init__(self, stream: TextIO = sys.stderr, width: int = 30) -> None:
-        self.stream = stream
+    def __init__(self, stream: Optional[TextIO] = None, width: int = 30) -> None:
+        self._stream = stream
         self.width = width
         self.last_draw = 0.0
 
@@ -49,7 +50,8 @@ class TerminalProgress:
         self.last_draw = now
         filled = int(round(self.width * fraction))
         bar = "#" * filled + "-" * (self.width - filled)
-        self.stream.write(f"\r[{bar}] {100 * fraction:5.1f}% {message[:40]:<40}")
+        stream = self._stream or sys.stderr
+        stream.write(f"\r[{bar}] {100 * fraction:5.1f}% {message[:40]:<40}")
         if fraction >= 1.0:
-            self.stream.write("\n")
-        self.stream.flush()
+            stream.write("\n")
+        stream.flush()

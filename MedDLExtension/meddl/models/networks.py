@@ -38,6 +38,13 @@ def is_torchscript(path: Path) -> bool:
         return any("/code/" in name or name.endswith("constants.pkl") for name in archive.namelist())
 
 
+def looks_like_checkpoint(path: Path) -> bool:
+    """torch.save writes a zip archive (or, in legacy format, a pickle starting with 0x80)."""
+    with open(path, "rb") as stream:
+        head = stream.read(2)
+    return zipfile.is_zipfile(path) or (len(head) == 2 and head[0] == 0x80)
+
+
 def load_torchscript(path: Path) -> torch.nn.Module:
     try:
         module = torch.jit.load(str(path), map_location="cpu")
@@ -48,6 +55,9 @@ def load_torchscript(path: Path) -> torch.nn.Module:
 
 def load_checkpoint(path: Path, trust: bool) -> Any:
     """torch.load with weights_only=True; a pickle needing code loads only when trusted."""
+    if not looks_like_checkpoint(path):
+        raise ModelError(f"model file {path} is corrupt or not a PyTorch checkpoint (neither a torch.save "
+                         "archive nor a pickle)")
     try:
         return torch.load(str(path), map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as error:
@@ -57,7 +67,7 @@ def load_checkpoint(path: Path, trust: bool) -> Any:
                 "load it only if you trust its source (--trust-model / 'trust this model')"
             ) from None
         raise ModelError(f"model file {path} is corrupt: {_short(error)}") from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as error:
+    except Exception as error:  # torch's unpicklers raise many types on damaged bytes
         raise ModelError(f"model file {path} is corrupt or not a PyTorch checkpoint: {_short(error)}") from None
 
 

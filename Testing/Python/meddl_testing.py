@@ -1,0 +1,107 @@
+"""Test helpers: geometry cases, small models built in the test (no downloads)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from meddl.image import Image
+
+
+def oblique_direction(angle: float = 0.3) -> np.ndarray:
+    """A proper rotation about two axes: no axis is aligned with the world."""
+    c, s = np.cos(angle), np.sin(angle)
+    about_z = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+    about_x = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    return about_z @ about_x
+
+
+def tiny_unet(in_channels: int = 1, out_channels: int = 2) -> torch.nn.Module:
+    """A small MONAI UNet with fixed random weights (no training needed to test plumbing)."""
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(0)
+    return UNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, channels=(4, 8),
+                strides=(2,), num_res_units=0).eval()
+
+
+UNET_SPEC = {"class": "UNet", "args": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2,
+                                        "channels": [4, 8], "strides": [2], "num_res_units": 0}}
+
+
+def card_dict(labels: int = 1, **overrides) -> dict:
+    """A complete model card for a test model with `labels` labels (argmax, background at 0)."""
+    card = {
+        "name": "test-unet", "task": "segmentation", "license": "Apache-2.0",
+        "input": {"channels": 1, "intensity": {"method": "zscore"}},
+        "inference": {"roi_size": [16, 16, 16], "overlap": 0.25, "sw_batch_size": 2},
+        "output": {"mode": "argmax"},
+        "labels": [{"value": v, "name": f"Label {v}"} for v in range(1, labels + 1)],
+        "network": {**UNET_SPEC, "args": {**UNET_SPEC["args"], "out_channels": labels + 1}},
+    }
+    card.update(overrides)
+    return card
+
+
+def write_state_dict_model(folder: Path, labels: int = 1, **card_overrides) -> Path:
+    """model.pt (state dict) + model.json (card) in `folder`; returns the .pt path."""
+    network = tiny_unet(out_channels=labels + 1)
+    path = folder / "model.pt"
+    torch.save(network.state_dict(), path)
+    (folder / "model.json").write_text(json.dumps(card_dict(labels, **card_overrides)))
+    return path
+
+
+def write_torchscript_model(folder: Path, labels: int = 1) -> Path:
+    network = tiny_unet(out_channels=labels + 1)
+    path = folder / "model.ts"
+    torch.jit.script(network).save(str(path))
+    (folder / "model.json").write_text(json.dumps(card_dict(labels)))
+    return path
+
+
+def blob_image(shape=(24, 20, 28), spacing=(1.0, 1.2, 0.9)) -> Image:
+    """A bright ellipsoid on a noisy background, oblique geometry."""
+    rng = np.random.default_rng(1)
+    k, j, i = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    centre = np.array(shape) / 2
+    inside = ((k - centre[0]) / 7) ** 2 + ((j - centre[1]) / 6) ** 2 + ((i - centre[2]) / 9) ** 2 < 1
+    array = (100 * inside + rng.normal(0, 5, shape)).astype(np.float32)
+    return Image(array, spacing, (3.0, -4.0, 5.0), oblique_direction(0.2))
+
+
+class BandNet(torch.nn.Module):
+    """Logit of channel c is -(x - c)^2: argmax returns the input's nearest integer in 0..C-1."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("bands", torch.arange(channels, dtype=torch.float32).reshape(1, -1, 1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -((x - self.bands) ** 2)
+
+
+def write_band_model(folder: Path, labels: int = 3) -> Path:
+    """A TorchScript multi-label model whose output is exactly predictable, with its card."""
+    path = folder / "bands.ts"
+    torch.jit.script(BandNet(labels + 1)).save(str(path))
+    card = card_dict(labels, input={"channels": 1, "intensity": {"method": "none"}})
+    card["labels"] = [{"value": v, "name": name, "color": color} for v, name, color in
+                      [(1, "Liver", "#dc8c64"), (2, "Spleen", "#9d6c89"), (3, "Kidney", "#b97a5a")][:labels]]
+    card["labels"][0]["terminology"] = {
+        "category": {"scheme": "SCT", "code": "123037004", "meaning": "Anatomical Structure"},
+        "type": {"scheme": "SCT", "code": "10200004", "meaning": "Liver"},
+    }
+    (folder / "bands.json").write_text(json.dumps(card))
+    return path
+
+
+def band_volume(shape=(12, 14, 16)) -> np.ndarray:
+    """Integer regions 0..3 with distinct shapes (so a transposed or flipped result cannot match)."""
+    array = np.zeros(shape, np.float32)
+    array[2:6, 3:10, 4:12] = 1
+    array[7:10, 2:5, 1:6] = 2
+    array[8:11, 9:13, 10:15] = 3
+    return array

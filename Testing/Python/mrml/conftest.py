@@ -1,0 +1,16 @@
+"""Real MRML scenes on slicer-core, set up the way Slicer's application sets them up."""
+
+from __future__ import annotations
+
+import pytest
+from MedDLLib.headless import HeadlessScene
+
+
+@pytest.fixture
+def headless() -> HeadlessScene:
+    return HeadlessScene()
+
+
+@pytest.fixture
+def scene(headless):
+    return headless.scene

@@ -1,0 +1,65 @@
+"""The worker protocol: JSON-lines progress, success, failure with the worker's message, cancel, crash."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from meddl.io import write_image
+from meddl_testing import blob_image, write_state_dict_model
+from MedDLLib.jobs import EngineJob, JobState, engine_environment
+
+
+@pytest.fixture
+def files(tmp_path):
+    model = write_state_dict_model(tmp_path, labels=2)
+    image = write_image(blob_image(), tmp_path / "input.nrrd")
+    return model, image, tmp_path / "labels.nrrd"
+
+
+def test_success_reports_progress_and_outputs(files):
+    model, image, output = files
+    job = EngineJob(["segment", str(image), str(output), "--model", str(model)], device="cpu")
+    seen = []
+    while job.state is JobState.RUNNING:
+        seen += job.poll()
+        time.sleep(0.05)
+    assert job.state is JobState.SUCCEEDED, job.error
+    progress = [event["fraction"] for event in seen if event["event"] == "progress"]
+    assert len(progress) > 3 and progress == sorted(progress)
+    assert job.result["outputs"]["labels"] == str(output) and output.is_file()
+    assert job.fraction == 1.0
+
+
+def test_failure_carries_the_workers_message(files, tmp_path):
+    model, _, output = files
+    job = EngineJob(["segment", str(tmp_path / "absent.nii.gz"), str(output), "--model", str(model)], device="cpu")
+    assert job.wait(120) is JobState.FAILED
+    assert "input not found" in job.error and not output.exists()
+
+
+def test_cancel_kills_the_worker(mni, tmp_path):
+    output = tmp_path / "brain.nrrd"
+    job = EngineJob(["segment", str(mni["t1"]), str(output)], device="cpu")
+    deadline = time.monotonic() + 120
+    while not job.poll() and time.monotonic() < deadline:  # wait until the worker really runs
+        time.sleep(0.05)
+    job.cancel()
+    assert job.state is JobState.CANCELLED and job.process.poll() is not None
+    job.poll()
+    assert job.state is JobState.CANCELLED and not output.exists()
+
+
+def test_a_crashed_worker_is_a_failure_not_a_hang(mni, tmp_path):
+    job = EngineJob(["segment", str(mni["t1"]), str(tmp_path / "brain.nrrd")], device="cpu")
+    time.sleep(0.5)
+    os.kill(job.process.pid, signal.SIGKILL)  # as the kernel's OOM killer would
+    assert job.wait(60) is JobState.FAILED
+    assert "exited with code" in job.error
+
+
+def test_cpu_device_hides_cuda():
+    assert engine_environment("cpu")["CUDA_VISIBLE_DEVICES"] == "-1"
+    assert "CUDA_VISIBLE_DEVICES" not in engine_environment("auto") or os.environ.get("CUDA_VISIBLE_DEVICES")

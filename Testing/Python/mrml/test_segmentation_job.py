@@ -1,0 +1,99 @@
+"""Volume node -> background worker -> segmentation node: exact, multi-label, and nothing lost on failure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import slicer
+import vtk
+from meddl.errors import InputError
+from meddl.image import Image
+from meddl_testing import band_volume, oblique_direction, write_band_model
+from MedDLLib.jobs import JobFailed, JobState
+from MedDLLib.segmentation_job import SegmentationJob
+from MedDLLib.segmentations import label_map_from_segmentation
+from MedDLLib.volumes import volume_node_from_image
+
+
+@pytest.fixture
+def volume(scene):
+    image = Image(band_volume(), (0.9, 1.4, 2.2), (40.0, -12.0, 8.0), oblique_direction(0.35))
+    return volume_node_from_image(scene, image, "input")
+
+
+def _ijk_to_ras(node) -> list[float]:
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return [matrix.GetElement(r, c) for r in range(4) for c in range(4)]
+
+
+def test_multi_label_model_gives_one_named_segment_per_label_on_the_input_grid(scene, volume, tmp_path):
+    model = write_band_model(tmp_path, labels=3)
+    before_array, before_matrix = slicer.util.arrayFromVolume(volume).copy(), _ijk_to_ras(volume)
+    job = SegmentationJob(scene, volume, str(model), "cpu")
+    assert job.wait(120) is JobState.SUCCEEDED, job.engine.error
+    node = job.finish()
+    segmentation = node.GetSegmentation()
+    names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+    assert names == ["Liver", "Spleen", "Kidney"]
+    assert segmentation.GetNthSegment(0).GetColor() == pytest.approx((0xDC / 255, 0x8C / 255, 0x64 / 255))
+    assert "SCT^10200004^Liver" in segmentation.GetNthSegment(0).GetTerminology()
+    exported = label_map_from_segmentation(node, volume, names)
+    np.testing.assert_array_equal(exported, band_volume().astype(exported.dtype))
+    # the input node is untouched and the private folder is gone
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), before_array)
+    assert _ijk_to_ras(volume) == before_matrix
+    assert not job.folder.exists()
+
+
+def test_failed_job_leaves_scene_unchanged(scene, volume, tmp_path):
+    model = write_band_model(tmp_path)
+    model.write_bytes(b"corrupt")
+    count = scene.GetNumberOfNodes()
+    job = SegmentationJob(scene, volume, str(model), "cpu")
+    assert job.wait(120) is JobState.FAILED
+    with pytest.raises(JobFailed, match="corrupt"):
+        job.finish()
+    assert scene.GetNumberOfNodes() == count and not job.folder.exists()
+
+
+def test_cancelled_job_leaves_scene_unchanged(headless, mni):
+    volume = headless.load_volume(str(mni["t1"]), "T1")
+    count = headless.scene.GetNumberOfNodes()
+    job = SegmentationJob(headless.scene, volume, "deepbet-brain-extraction", "cpu")
+    job.cancel()
+    assert job.state is JobState.CANCELLED
+    with pytest.raises(JobFailed, match="cancelled"):
+        job.finish()
+    assert headless.scene.GetNumberOfNodes() == count and not job.folder.exists()
+
+
+def test_bad_input_is_refused_before_any_work(scene, tmp_path):
+    image = Image(np.full((4, 5, 6), np.nan, np.float32))
+    volume = volume_node_from_image(scene, image, "nan")
+    count = scene.GetNumberOfNodes()
+    with pytest.raises(InputError, match="all NaN"):
+        SegmentationJob(scene, volume, str(write_band_model(tmp_path)), "cpu")
+    assert scene.GetNumberOfNodes() == count
+
+
+def test_replaces_segments_in_the_chosen_output(scene, volume, tmp_path):
+    model = str(write_band_model(tmp_path, labels=2))
+    output = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "mine")
+    output.GetSegmentation().AddEmptySegment("", "Spleen")
+    output.GetSegmentation().AddEmptySegment("", "Tumour")
+    job = SegmentationJob(scene, volume, model, "cpu", output_segmentation=output)
+    job.wait(120)
+    assert job.finish() is output
+    segmentation = output.GetSegmentation()
+    names = sorted(segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments()))
+    assert names == ["Liver", "Spleen", "Tumour"]
+
+
+def test_real_brain_extraction_through_the_worker(headless, mni):
+    volume = headless.load_volume(str(mni["t1"]), "T1")
+    job = SegmentationJob(headless.scene, volume, None, "cpu")  # None: the default model
+    assert job.wait(300) is JobState.SUCCEEDED, job.engine.error
+    node = job.finish()
+    brain = label_map_from_segmentation(node, volume, ["Brain"])
+    assert 1.5e6 < int(brain.sum()) < 2.5e6  # about 1.95 million 1 mm voxels: an adult brain
