@@ -1,7 +1,10 @@
-"""Background engine jobs: `python -m meddl ...` in its own process, JSON-lines progress, cancel.
+"""Background engine jobs on a long-lived worker process (`python -m meddl worker`).
 
-A crash or out-of-memory in the worker cannot take Slicer down, and cancelling kills the whole
-process tree. The caller polls (a qt.QTimer in the widget) or waits (scripts and tests).
+The worker keeps torch imported and recently used models loaded, so a second Apply starts at
+once. Jobs run one at a time on a worker; a job that finds its worker busy gets a fresh one.
+Progress comes back as JSON lines. Cancel kills the worker's whole process tree (the next job
+starts a new worker); a crash or out-of-memory in the worker fails the job and cannot take
+Slicer down. The caller polls (a qt.QTimer in the widget) or waits (scripts and tests).
 """
 
 from __future__ import annotations
@@ -14,12 +17,16 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+import uuid
 from collections import deque
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import meddl
+
+POLL_SECONDS = 0.02
 
 
 class JobState(Enum):
@@ -54,21 +61,16 @@ def engine_environment(device: str | None = None) -> dict[str, str]:
     return environment
 
 
-class EngineJob:
-    """One worker process running a `meddl` command with `--progress json`."""
+class EngineWorker:
+    """One `python -m meddl worker` process and the threads that read its output."""
 
-    def __init__(self, arguments: list[str], device: str | None = None, cwd: str | Path | None = None) -> None:
-        command = [python_executable(), "-m", "meddl", *arguments, "--progress", "json"]
-        self.fraction = 0.0
-        self.message = "starting"
-        self.state = JobState.RUNNING
-        self.result: dict[str, Any] = {}
-        self.error = ""
-        self._events: queue.Queue = queue.Queue()
-        self._stderr_tail: deque[str] = deque(maxlen=40)
+    def __init__(self, device: str | None = None) -> None:
+        self.busy = False
+        self.events: queue.Queue = queue.Queue()
+        self.stderr_tail: deque[str] = deque(maxlen=40)
         self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-            bufsize=1, cwd=cwd, env=engine_environment(device), **_new_process_group())
+            [python_executable(), "-m", "meddl", "worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, bufsize=1, env=engine_environment(device), **_new_process_group())
         self._readers = [threading.Thread(target=self._read_events, daemon=True),
                          threading.Thread(target=self._read_stderr, daemon=True)]
         for reader in self._readers:
@@ -81,65 +83,132 @@ class EngineJob:
             except json.JSONDecodeError:
                 continue  # anything a library prints is not part of the protocol
             if isinstance(event, dict) and "event" in event:
-                self._events.put(event)
+                self.events.put(event)
 
     def _read_stderr(self) -> None:
         for line in self.process.stderr:
-            self._stderr_tail.append(line.rstrip())
+            self.stderr_tail.append(line.rstrip())
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def submit(self, job: str, argv: list[str]) -> None:
+        self.process.stdin.write(json.dumps({"job": job, "argv": argv}) + "\n")
+        self.process.stdin.flush()
+
+    def drain(self) -> list[dict[str, Any]]:
+        """Events received so far; after the process ended, everything it wrote."""
+        if not self.alive():
+            for reader in self._readers:
+                reader.join(timeout=5)
+        events = []
+        while True:
+            try:
+                events.append(self.events.get_nowait())
+            except queue.Empty:
+                return events
+
+    def kill(self) -> None:
+        if self.alive():
+            _kill_tree(self.process)
+        self.process.wait()
+
+    def close(self) -> None:
+        """Let the worker finish: end of input makes it exit."""
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()
+
+
+_idle_workers: dict[str, EngineWorker] = {}
+
+
+def acquire_worker(device: str | None) -> EngineWorker:
+    """An idle, live worker for this device setting, or a new one."""
+    key = "cpu" if device == "cpu" else "default"
+    worker = _idle_workers.pop(key, None)
+    if worker is None or not worker.alive():
+        worker = EngineWorker(device)
+    worker.busy = True
+    return worker
+
+
+def release_worker(worker: EngineWorker, device: str | None) -> None:
+    """Keep a live worker for the next job (one per device setting); close any extra."""
+    worker.busy = False
+    key = "cpu" if device == "cpu" else "default"
+    if worker.alive() and key not in _idle_workers:
+        _idle_workers[key] = worker
+    elif _idle_workers.get(key) is not worker:
+        worker.close()
+
+
+def shut_down_workers() -> None:
+    """End every idle worker (on module cleanup or application exit)."""
+    while _idle_workers:
+        _idle_workers.popitem()[1].close()
+
+
+class EngineJob:
+    """One `meddl` command run on a worker with JSON-lines progress."""
+
+    def __init__(self, arguments: list[str], device: str | None = None) -> None:
+        self.id = uuid.uuid4().hex
+        self.device = device
+        self.fraction = 0.0
+        self.message = "starting"
+        self.state = JobState.RUNNING
+        self.result: dict[str, Any] = {}
+        self.error = ""
+        self.worker = acquire_worker(device)
+        self.process = self.worker.process
+        self.worker.submit(self.id, list(arguments))
 
     def poll(self) -> list[dict[str, Any]]:
         """Events received since the last poll; updates fraction, message and state."""
-        events = []
-        finished = self.process.poll() is not None
-        if finished:
-            for reader in self._readers:
-                reader.join(timeout=5)
-        while True:
-            try:
-                events.append(self._events.get_nowait())
-            except queue.Empty:
-                break
+        if self.state is not JobState.RUNNING:
+            return []
+        ended = not self.worker.alive()
+        events = [e for e in self.worker.drain() if e.get("job") in (self.id, None)]
         for event in events:
             self._apply(event)
-        if finished and self.state is JobState.RUNNING:
-            self._finish(self.process.returncode)
+        if self.state is JobState.RUNNING and ended:
+            tail = "\n".join(self.worker.stderr_tail)[-2000:]
+            self._end(JobState.FAILED, f"the worker process exited with code {self.process.returncode}"
+                      + (f":\n{tail}" if tail else ""))
         return events
 
     def _apply(self, event: dict[str, Any]) -> None:
-        if event["event"] == "progress":
+        kind = event["event"]
+        if kind == "progress":
             self.fraction, self.message = float(event.get("fraction", 0.0)), str(event.get("message", ""))
-        elif event["event"] == "done":
+        elif kind == "done":
             self.result = event
-        elif event["event"] == "error":
-            self.error = str(event.get("message", "unknown error"))
+            self.fraction = 1.0
+            self._end(JobState.SUCCEEDED, "done")
+        elif kind == "error" and event.get("job") == self.id:
+            self._end(JobState.FAILED, str(event.get("message", "unknown error")))
 
-    def _finish(self, returncode: int) -> None:
-        if self.state is JobState.CANCELLED:
-            return
-        if returncode == 0 and self.result:
-            self.state, self.fraction, self.message = JobState.SUCCEEDED, 1.0, "done"
-            return
-        self.state = JobState.FAILED
-        if not self.error:
-            tail = "\n".join(self._stderr_tail)[-2000:]
-            self.error = f"the worker process exited with code {returncode}" + (f":\n{tail}" if tail else "")
-        self.message = self.error
+    def _end(self, state: JobState, message: str) -> None:
+        self.state, self.message = state, message
+        if state is JobState.FAILED:
+            self.error = message
+        release_worker(self.worker, self.device)
 
     def wait(self, timeout: float | None = None) -> JobState:
-        """Block until the worker ends (or `timeout` seconds pass) and return the state."""
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout)
+        """Block until the job ends (or `timeout` seconds pass) and return the state."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         self.poll()
+        while self.state is JobState.RUNNING and (deadline is None or time.monotonic() < deadline):
+            time.sleep(POLL_SECONDS)
+            self.poll()
         return self.state
 
     def cancel(self) -> None:
-        """Kill the worker and everything it started; the job ends as CANCELLED."""
-        if self.process.poll() is None:
-            self.state = JobState.CANCELLED
-            _kill_tree(self.process)
-            self.process.wait()
-        self.poll()
-        self.message = "cancelled"
+        """Stop the job now by killing its worker; the job ends as CANCELLED."""
+        if self.state is JobState.RUNNING:
+            self.worker.kill()
+            self.state, self.message = JobState.CANCELLED, "cancelled"
+            self.worker.busy = False
 
 
 def _new_process_group() -> dict[str, Any]:

@@ -33,12 +33,12 @@ class SegmentationJob:
         self.folder = Path(tempfile.mkdtemp(prefix="meddl-job-"))
         self.input_path = write_image(image, self.folder / "input.nrrd", compress=False)
         self.output_path = self.folder / "labels.nrrd"
-        arguments = ["segment", str(self.input_path), str(self.output_path), "--device", device]
+        arguments = ["segment", str(self.input_path), str(self.output_path), "--device", device, "--no-compress"]
         if model:
             arguments += ["--model", str(model)]
         if trust_model:
             arguments.append("--trust-model")
-        self.engine = EngineJob(arguments, device=device, cwd=self.folder)
+        self.engine = EngineJob(arguments, device=device)
         self.segmentation_node = None
 
     @property

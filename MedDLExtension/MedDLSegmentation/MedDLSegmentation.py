@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Optional
 
+import ctk
 import qt
 import slicer
 import vtk
 from meddl.models import catalog
 from MedDLLib.dependencies import ensure_dependencies
-from MedDLLib.jobs import JobState
+from MedDLLib.jobs import JobState, shut_down_workers
 from MedDLLib.segmentation_job import SegmentationJob
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
@@ -50,7 +51,7 @@ class MedDLSegmentationParameterNode:
     """What the panel edits: input volume, model, device and output segmentation."""
 
     inputVolume: vtkMRMLScalarVolumeNode
-    model: str = "deepbet-brain-extraction"
+    model: Annotated[str, Choice(catalog.entry_ids())] = catalog.default_model("segmentation")
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     outputSegmentation: vtkMRMLSegmentationNode
 
@@ -76,9 +77,7 @@ class MedDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = MedDLSegmentationLogic()
-        for model_id in catalog.entry_ids():
-            self.ui.modelSelector.addItem(model_id)
-        self.ui.modelPathLineEdit.filters = 0x1 | 0x2  # ctkPathLineEdit.Dirs | Files
+        self.ui.modelPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs | ctk.ctkPathLineEdit.Files
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
@@ -88,6 +87,7 @@ class MedDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def cleanup(self) -> None:
         self.onCancelButton()
+        shut_down_workers()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -161,18 +161,14 @@ class MedDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             return
         self.timer.stop()
         self.job = None
-        if job.state is JobState.SUCCEEDED:
-            try:
-                segmentationNode = job.finish()
-            except Exception as error:
-                slicer.util.errorDisplay(_("Segmentation failed: {error}").format(error=error))
-            else:
-                self._parameterNode.outputSegmentation = segmentationNode
-                self.ui.statusLabel.text = _("Done: {name}").format(name=segmentationNode.GetName())
-        elif job.state is JobState.FAILED:
-            job.cancel()
-            self.ui.statusLabel.text = _("Failed")
-            slicer.util.errorDisplay(_("Segmentation failed: {error}").format(error=job.engine.error))
+        try:
+            segmentationNode = job.finish()  # raises with the worker's message if it failed
+        except Exception as error:
+            self.ui.statusLabel.text = _("Failed; the scene is unchanged.")
+            slicer.util.errorDisplay(_("Segmentation failed: {error}").format(error=error))
+        else:
+            self._parameterNode.outputSegmentation = segmentationNode
+            self.ui.statusLabel.text = _("Done: {name}").format(name=segmentationNode.GetName())
         self._setRunning(False)
 
     def onCancelButton(self) -> None:

@@ -20,6 +20,8 @@ def _add_segment(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default=None, help="catalog id, model file or MONAI bundle folder "
                         "(default: the catalog's default segmentation model)")
     parser.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} or cuda:N")
+    parser.add_argument("--no-compress", action="store_true",
+                        help="write the label map uncompressed (faster; used by Slicer's background worker)")
     parser.add_argument("--trust-model", action="store_true",
                         help="allow a model that needs arbitrary code to load (only for sources you trust)")
     _add_progress(parser)
@@ -40,13 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_segment(commands)
     _add_models(commands)
+    commands.add_parser("worker", help="serve jobs from JSON lines on stdin (Slicer's background worker)")
     return parser
 
 
 def _run_segment(args: argparse.Namespace, progress) -> dict:
     from .segment import labels_path_for, segment_file
 
-    result = segment_file(args.input, args.output, args.model, args.device, progress, args.trust_model)
+    result = segment_file(args.input, args.output, args.model, args.device, progress, args.trust_model,
+                          compress=not args.no_compress)
     from pathlib import Path
 
     return {"outputs": {"labels": str(Path(args.output)), "label_table": str(labels_path_for(Path(args.output)))},
@@ -63,14 +67,25 @@ def _run_models(args: argparse.Namespace, progress) -> dict:
     return {}
 
 
+COMMANDS = {"segment": _run_segment, "models": _run_models}
+
+
+def execute(args: argparse.Namespace, progress) -> dict:
+    """Run one parsed command; raises MeddlError for problems the user can fix."""
+    return COMMANDS[args.command](args, progress)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "worker":
+        from .worker import serve
+
+        return serve()
     mode = getattr(args, "progress", "none")
     protocol = JsonLinesProgress() if mode == "json" else None
     progress = protocol or (TerminalProgress() if mode == "bar" else no_progress)
-    runner = {"segment": _run_segment, "models": _run_models}[args.command]
     try:
-        summary = runner(args, progress)
+        summary = execute(args, progress)
     except MeddlError as error:
         if protocol:
             protocol.emit("error", kind=type(error).__name__, message=str(error))

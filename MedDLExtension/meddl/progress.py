@@ -23,12 +23,14 @@ def scaled(progress: Optional[Progress], start: float, end: float) -> Progress:
 class JsonLinesProgress:
     """Writes one JSON object a line: the worker protocol read by MedDLLib's job runner."""
 
-    def __init__(self, stream: Optional[TextIO] = None) -> None:
+    def __init__(self, stream: Optional[TextIO] = None, job: Optional[str] = None) -> None:
         self._stream = stream
+        self.job = job
 
     def emit(self, event: str, **fields: object) -> None:
         stream = self._stream or sys.stdout  # looked up late, so redirection is honoured
-        stream.write(json.dumps({"event": event, **fields}) + "\n")
+        tag = {"job": self.job} if self.job is not None else {}
+        stream.write(json.dumps({"event": event, **tag, **fields}) + "\n")
         stream.flush()
 
     def __call__(self, fraction: float, message: str) -> None:

@@ -52,8 +52,8 @@ def labels_path_for(output: Path) -> Path:
 
 
 def segment_file(input_path: str | Path, output_path: str | Path, model: str | None = None,
-                 device: str = "auto", progress: Progress | None = None, trust_model: bool = False
-                 ) -> SegmentationResult:
+                 device: str = "auto", progress: Progress | None = None, trust_model: bool = False,
+                 compress: bool = True) -> SegmentationResult:
     """Read, segment and write a label map and its labels sidecar; nothing is written on failure."""
     from .files import atomic_path, check_writable
 
@@ -65,7 +65,7 @@ def segment_file(input_path: str | Path, output_path: str | Path, model: str | N
     sidecar = labels_path_for(output_path)
     with atomic_path(sidecar) as temporary:
         temporary.write_text(json.dumps({"model": result.card.name, "labels": result.label_table()}, indent=1))
-    write_image(result.labels, output_path)
+    write_image(result.labels, output_path, compress)
     report(1.0, "written")
     return result
 

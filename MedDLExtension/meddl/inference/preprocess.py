@@ -10,7 +10,10 @@ import torch.nn.functional as F
 
 def finite(tensor: torch.Tensor) -> torch.Tensor:
     """Replace NaN by 0 and +-Inf by the finite extremes, so one bad voxel cannot poison a window."""
-    values = tensor[torch.isfinite(tensor)]
+    is_finite = torch.isfinite(tensor)
+    if bool(is_finite.all()):
+        return tensor
+    values = tensor[is_finite]
     if values.numel() == 0:
         return torch.zeros_like(tensor)
     return torch.nan_to_num(tensor, nan=0.0, posinf=float(values.max()), neginf=float(values.min()))

@@ -85,7 +85,7 @@ class SlidingWindowSegmenter(Segmenter):
     def _labels_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
         card = self.card
         if card.mode == "argmax":
-            return torch.argmax(logits, dim=0).to(torch.uint8)
+            return channel_argmax(logits)
         scores = torch.sigmoid(logits.float()) if card.activation == "sigmoid" else logits.float()
         labels = torch.zeros(logits.shape[1:], dtype=torch.uint8, device=logits.device)
         for channel, label in enumerate(card.labels):
@@ -120,6 +120,20 @@ class LocaliserCascadeSegmenter(Segmenter):
         labels = np.zeros(tuple(x.shape), dtype=np.uint8)
         labels[box] = (scores > card.threshold).cpu().numpy().astype(np.uint8) * card.labels[0].value
         return clean_labels(labels, [card.labels[0].value], card.largest_component, card.fill_holes)
+
+
+def channel_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """torch.argmax over the channel axis (first maximum wins), as uint8.
+
+    One pass per channel: on CPU, torch.argmax along the outermost, large-stride axis of a
+    (K, X, Y, Z) volume is several times slower than the network's whole sliding window.
+    """
+    best, labels = logits[0].clone(), torch.zeros(logits.shape[1:], dtype=torch.uint8, device=logits.device)
+    for channel in range(1, logits.shape[0]):
+        better = logits[channel] > best
+        labels[better] = channel
+        torch.maximum(best, logits[channel], out=best)
+    return labels
 
 
 def bounding_box(mask: np.ndarray, shape: tuple[int, ...], margin: float, threshold: float

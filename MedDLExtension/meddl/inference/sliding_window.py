@@ -6,7 +6,6 @@ import contextlib
 import math
 
 import torch
-from monai.inferers import sliding_window_inference
 
 from ..device import Compute
 from ..errors import DeviceError
@@ -47,6 +46,8 @@ def infer(network: torch.nn.Module, volume: torch.Tensor, roi: tuple[int, ...], 
           sw_batch_size: int, compute: Compute, out_channels: int, progress: Progress | None = None
           ) -> torch.Tensor:
     """Run `network` over a (1, C, X, Y, Z) CPU or device tensor; returns (1, K, X, Y, Z) logits."""
+    from monai.inferers import sliding_window_inference  # imported here: MONAI takes ~2 s to import
+
     report = progress or no_progress
     total = max(1, math.ceil(window_count(tuple(volume.shape[2:]), roi, overlap) / sw_batch_size))
     done = 0

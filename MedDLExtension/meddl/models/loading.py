@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,9 +38,43 @@ def card_path_for(model_path: Path) -> Path:
     return model_path.with_suffix(".json")
 
 
+_cache: OrderedDict[tuple, LoadedModel] = OrderedDict()
+_cache_size = 0
+
+
+def set_model_cache_size(size: int) -> None:
+    """Keep up to `size` loaded models in memory (the long-lived worker uses 2; default none)."""
+    global _cache_size
+    _cache_size = size
+    while len(_cache) > size:
+        _cache.popitem(last=False)
+
+
+def _cache_key(reference: str, trust: bool, card: str | Path | None) -> tuple:
+    """A key that changes when the model's files change on disk."""
+    path = Path(reference)
+    files = [p for p in ([path] if path.is_file() else path.rglob("*") if path.is_dir() else []) if p.is_file()]
+    if card or path.is_file():
+        files.append(Path(card) if card else card_path_for(path))
+    stamps = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files if p.exists())
+    return reference, trust, str(card), stamps
+
+
 def load_model(reference: str | Path, trust: bool = False, card: str | Path | None = None) -> LoadedModel:
     """Load a catalogued model by id, a MONAI bundle folder, or a model file with its JSON card."""
-    text = str(reference)
+    if _cache_size <= 0:
+        return _load(str(reference), trust, card)
+    key = _cache_key(str(reference), trust, card)
+    if key in _cache:
+        _cache.move_to_end(key)
+        return _cache[key]
+    model = _load(str(reference), trust, card)
+    _cache[key] = model
+    set_model_cache_size(_cache_size)
+    return model
+
+
+def _load(text: str, trust: bool, card: str | Path | None) -> LoadedModel:
     if catalog.has_entry(text) and not Path(text).exists():
         return catalog.load_entry(text)
     path = Path(text)

@@ -104,3 +104,34 @@ def test_unavailable_device_exit_code(tmp_path, model_path, input_path):
 def test_models_list(capsys):
     assert main(["models", "list"]) == 0
     assert "deepbet-brain-extraction" in capsys.readouterr().out
+
+
+def test_worker_serves_several_jobs_and_caches_models(tmp_path, model_path, input_path):
+    requests = "\n".join(json.dumps({"job": name, "argv": argv}) for name, argv in [
+        ("one", ["segment", str(input_path), str(tmp_path / "1.nrrd"), "--model", str(model_path)]),
+        ("bad", ["segment", "--no-such-flag"]),
+        ("two", ["segment", str(input_path), str(tmp_path / "2.nrrd"), "--model", str(model_path)]),
+    ]) + "\n"
+    process = subprocess.run([sys.executable, "-m", "meddl", "worker"], input=requests, capture_output=True,
+                             text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": "-1"}, timeout=120)
+    events = [json.loads(line) for line in process.stdout.splitlines() if line.startswith("{")]
+    finals = {e["job"]: e for e in events if e["event"] in ("done", "error")}
+    assert process.returncode == 0 and events[0]["event"] == "ready"
+    assert finals["one"]["event"] == finals["two"]["event"] == "done"
+    assert finals["bad"]["event"] == "error" and "arguments are required" in finals["bad"]["message"]
+    assert (tmp_path / "1.nrrd").is_file() and (tmp_path / "2.nrrd").is_file()
+
+
+def test_model_cache_reloads_a_changed_file(tmp_path, model_path):
+    from meddl.models import loading
+
+    loading.set_model_cache_size(2)
+    try:
+        first = loading.load_model(model_path)
+        assert loading.load_model(model_path) is first
+        card = json.loads(model_path.with_suffix(".json").read_text())
+        card["labels"][0]["name"] = "Renamed"
+        model_path.with_suffix(".json").write_text(json.dumps(card))
+        assert loading.load_model(model_path).card.labels[0].name == "Renamed"
+    finally:
+        loading.set_model_cache_size(0)

@@ -125,3 +125,10 @@ def test_model_file_round_trip(tmp_path):
     np.testing.assert_array_equal(from_file, in_memory)
     assert json.loads((tmp_path / "model.json").read_text())["labels"][1]["name"] == "Label 2"
     assert load_model(path).card.out_channels == 3
+
+
+def test_channel_argmax_equals_torch_argmax_including_ties():
+    from meddl.inference.segmenters import channel_argmax
+
+    logits = torch.randint(0, 3, (4, 9, 8, 7)).float()  # many ties
+    assert torch.equal(channel_argmax(logits), torch.argmax(logits, dim=0).to(torch.uint8))

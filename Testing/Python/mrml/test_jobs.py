@@ -9,7 +9,7 @@ import time
 import pytest
 from meddl.io import write_image
 from meddl_testing import blob_image, write_state_dict_model
-from MedDLLib.jobs import EngineJob, JobState, engine_environment
+from MedDLLib.jobs import EngineJob, JobState, engine_environment, shut_down_workers
 
 
 @pytest.fixture
@@ -63,3 +63,39 @@ def test_a_crashed_worker_is_a_failure_not_a_hang(mni, tmp_path):
 def test_cpu_device_hides_cuda():
     assert engine_environment("cpu")["CUDA_VISIBLE_DEVICES"] == "-1"
     assert "CUDA_VISIBLE_DEVICES" not in engine_environment("auto") or os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def test_worker_is_reused_and_survives_a_failed_job(files, tmp_path):
+    model, image, output = files
+    first = EngineJob(["segment", str(image), str(output), "--model", str(model)], device="cpu")
+    assert first.wait(120) is JobState.SUCCEEDED
+    failed = EngineJob(["segment", str(tmp_path / "absent.nii"), str(output), "--model", str(model)], device="cpu")
+    assert failed.wait(120) is JobState.FAILED and "input not found" in failed.error
+    again = EngineJob(["segment", str(image), str(tmp_path / "again.nrrd"), "--model", str(model)], device="cpu")
+    assert again.wait(120) is JobState.SUCCEEDED
+    assert first.process.pid == failed.process.pid == again.process.pid
+
+
+def test_cancel_gives_the_next_job_a_fresh_worker(files, mni, tmp_path):
+    model, image, output = files
+    slow = EngineJob(["segment", str(mni["t1"]), str(tmp_path / "brain.nrrd")], device="cpu")
+    slow.cancel()
+    assert slow.state is JobState.CANCELLED and slow.process.poll() is not None
+    job = EngineJob(["segment", str(image), str(output), "--model", str(model)], device="cpu")
+    assert job.wait(120) is JobState.SUCCEEDED and job.process.pid != slow.process.pid
+
+
+def test_a_busy_worker_is_not_shared(files, mni, tmp_path):
+    model, image, output = files
+    slow = EngineJob(["segment", str(mni["t1"]), str(tmp_path / "brain.nrrd")], device="cpu")
+    quick = EngineJob(["segment", str(image), str(output), "--model", str(model)], device="cpu")
+    assert quick.process.pid != slow.process.pid
+    assert quick.wait(120) is JobState.SUCCEEDED and slow.wait(300) is JobState.SUCCEEDED
+
+
+def test_shut_down_ends_idle_workers(files):
+    model, image, output = files
+    job = EngineJob(["segment", str(image), str(output), "--model", str(model)], device="cpu")
+    job.wait(120)
+    shut_down_workers()
+    assert job.process.wait(30) == 0

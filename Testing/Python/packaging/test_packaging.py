@@ -1,0 +1,152 @@
+"""Packaging: CMake installs every file, each .ui loads and holds the widgets the code uses, layers stay apart."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+from pathlib import Path
+from xml.etree import ElementTree
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+EXTENSION = ROOT / "MedDLExtension"
+MODULES = ["MedDLSegmentation"]
+PACKAGES = {"meddl": "MEDDL_PYTHON", "MedDLLib": "MEDDLLIB_PYTHON"}
+
+
+def _cmake_list(cmake: Path, variable: str) -> list[str]:
+    match = re.search(rf"set\({variable}\s+(.*?)\)", cmake.read_text(), re.S)
+    assert match, f"{variable} not set in {cmake}"
+    return [item for item in match.group(1).split() if not item.startswith("#")]
+
+
+def _module_file_list(module: str, variable: str) -> set[str]:
+    return {item.replace("${MODULE_NAME}", module) for item in _cmake_list(EXTENSION / module / "CMakeLists.txt",
+                                                                           variable)}
+
+
+def _files(folder: Path, pattern: str) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob(pattern) if "__pycache__" not in p.parts}
+
+
+def test_top_level_cmake_is_a_slicer_extension():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    for required in ["EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
+                     "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", 'EXTENSION_DEPENDS "PyTorch"',
+                     "find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})",
+                     "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"]:
+        assert required in text
+    subdirectories = re.findall(r"add_subdirectory\((\S+)\)", text)
+    assert sorted(subdirectories) == sorted(f"MedDLExtension/{name}" for name in [*MODULES, *PACKAGES])
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_cmake_lists_every_file(module):
+    folder = EXTENSION / module
+    scripts = _module_file_list(module, "MODULE_PYTHON_SCRIPTS")
+    resources = _module_file_list(module, "MODULE_PYTHON_RESOURCES")
+    assert scripts == {p.name for p in folder.glob("*.py")} == {f"{module}.py"}
+    assert resources == {f"Resources/{r}" for r in _files(folder / "Resources", "*.*")}
+    text = (folder / "CMakeLists.txt").read_text()
+    assert "WITH_GENERIC_TESTS" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+
+
+@pytest.mark.parametrize(("package", "prefix"), PACKAGES.items())
+def test_shared_package_cmake_lists_every_file(package, prefix):
+    folder = EXTENSION / package
+    cmake = folder / "CMakeLists.txt"
+    assert set(_cmake_list(cmake, f"{prefix}_SCRIPTS")) == _files(folder, "*.py")
+    json_files = _files(folder, "*.json")
+    if json_files:
+        assert set(_cmake_list(cmake, f"{prefix}_RESOURCES")) == json_files
+    assert "ctkMacroCompilePythonScript" in cmake.read_text()
+
+
+def test_no_stray_python_files_in_module_folders():
+    """Slicer treats every .py directly in a module folder as a module."""
+    for module in MODULES:
+        assert [p.name for p in (EXTENSION / module).glob("*.py")] == [f"{module}.py"]
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), feature_version=(3, 9))  # also proves Python 3.9 syntax
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_engine_imports_no_slicer_qt_or_vtk():
+    for path in (EXTENSION / "meddl").rglob("*.py"):
+        assert not _imports(path) & {"slicer", "qt", "ctk", "vtk", "vtkmodules", "MedDLLib"}, path
+
+
+def test_mrml_logic_imports_no_qt():
+    for path in (EXTENSION / "MedDLLib").rglob("*.py"):
+        assert not _imports(path) & {"qt", "ctk", "PythonQt"}, path
+        globals_used = {f"{node.value.id}.{node.attr}" for node in ast.walk(ast.parse(path.read_text()))
+                        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)}
+        assert not globals_used & {"slicer.app", "slicer.mrmlScene", "slicer.modules"}, path
+
+
+def test_extension_index_entry():
+    entry = json.loads((ROOT / "Resources" / "ExtensionsIndex" / "MedDL.json").read_text())
+    assert "slicer-extension-catalog-entry-schema-v1.0.1" in entry["$schema"]
+    assert entry["build_dependencies"] == ["PyTorch"]
+    assert {"category", "scm_url", "scm_revision", "tier"} <= set(entry)
+
+
+def test_licence_and_icons():
+    assert "Apache License" in (ROOT / "LICENSE").read_text()[:200]
+    for icon in [ROOT / "Resources/Icons/MedDL.png",
+                 *[EXTENSION / m / "Resources/Icons" / f"{m}.png" for m in MODULES]]:
+        assert icon.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def qt_application():
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    widgets = pytest.importorskip("PySide6.QtWidgets")
+    return widgets.QApplication.instance() or widgets.QApplication([])
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_ui_loads_and_holds_every_widget_the_code_uses(qt_application, module):
+    from PySide6.QtCore import QFile
+    from PySide6.QtUiTools import QUiLoader
+    from PySide6.QtWidgets import QWidget
+
+    ui_path = EXTENSION / module / "Resources" / "UI" / f"{module}.ui"
+    ui_file = QFile(str(ui_path))
+    assert ui_file.open(QFile.ReadOnly)
+    widget = QUiLoader().load(ui_file)  # Slicer's custom widgets load as their declared base class
+    ui_file.close()
+    assert widget is not None
+    names = {child.objectName() for child in widget.findChildren(QWidget)}
+    used = set(re.findall(r"self\.ui\.(\w+)", (EXTENSION / module / f"{module}.py").read_text()))
+    assert used and used <= names, f"widgets used but missing from {ui_path.name}: {used - names}"
+    # every parameter-node field is bound to a widget through SlicerParameterName
+    source = (EXTENSION / module / f"{module}.py").read_text()
+    fields = set(re.findall(r"^    (\w+): ", source.split("@parameterNodeWrapper")[1].split("class ", 2)[1], re.M))
+    bound = _parameter_bindings(ui_path)
+    assert fields == set(bound)
+    # Slicer's QComboBox connector raises at connectGui unless the field is annotated with Choice
+    for field, widget_class in bound.items():
+        if widget_class == "QComboBox":
+            assert re.search(rf"^    {field}: Annotated\[\w+, Choice\(", source, re.M), f"{field} needs Choice"
+
+
+def _parameter_bindings(ui_path: Path) -> dict[str, str]:
+    """SlicerParameterName -> the class of the widget that carries it, from a .ui file."""
+    bindings = {}
+    for widget in ElementTree.parse(ui_path).iter("widget"):
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bindings[prop.findtext("string")] = widget.get("class")
+    return bindings
