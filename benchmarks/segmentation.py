@@ -100,12 +100,15 @@ def _prepare(case: str):
 
         return lambda: segment_file(t1, f"{out}/mask.nii.gz", "deepbet-brain-extraction", device="cpu")
     from MedDLLib.headless import HeadlessScene
+    from MedDLLib.jobs import shut_down_workers
     from MedDLLib.segmentation_job import SegmentationJob
 
     headless = HeadlessScene()
     volume = headless.load_volume(t1)
 
     def full_path():
+        if kind == "deepbet-full-cold":
+            shut_down_workers()  # every run starts a new worker, as the first Apply after Slicer starts
         job = SegmentationJob(headless.scene, volume, "deepbet-brain-extraction", "cpu")
         job.wait()
         return job.finish()
@@ -142,6 +145,7 @@ PAIRS = [
     ("deepbet, MNI152 T1, in process", "deepbet-run_bet:mni", "deepbet-meddl:mni", 1.10, None),
     ("deepbet, MNI152 T1, volume node -> worker -> segmentation node", "deepbet-run_bet:mni", "deepbet-full:mni",
      1.5, None),
+    ("the same, first Apply (worker started cold)", "deepbet-run_bet:mni", "deepbet-full-cold:mni", None, None),
 ]
 
 
@@ -161,8 +165,8 @@ def run_all(repeats: int) -> dict:
                      "baseline_peak_mib": measured[bare]["peak_rss_growth_mib"],
                      "meddl_peak_mib": measured[ours]["peak_rss_growth_mib"],
                      "memory_ratio": memory_ratio, "memory_target": memory_target,
-                     "meets_targets": time_ratio <= time_target and (memory_target is None or
-                                                                     memory_ratio <= memory_target)})
+                     "meets_targets": (time_target is None or time_ratio <= time_target)
+                     and (memory_target is None or memory_ratio <= memory_target)})
     return {"machine": {"cpu_count": __import__("os").cpu_count(), "platform": platform.platform(),
                         "python": platform.python_version()},
             "settings": {"repeats": repeats, "roi": ROI, "overlap": OVERLAP, "sw_batch_size": SW_BATCH, "unet": UNET},
@@ -175,11 +179,13 @@ def markdown_table(report: dict) -> str:
     for row in report["pairs"]:
         memory = (f"{row['baseline_peak_mib']:.0f} / {row['meddl_peak_mib']:.0f} "
                   f"({row['memory_ratio']:.2f}, {'<= ' + str(row['memory_target']) if row['memory_target'] else '-'})")
+        target = f"<= {row['time_target']}" if row["time_target"] else "no target"
         lines.append(f"| {row['pair']} | {row['baseline_s']:.2f} s | {row['meddl_s']:.2f} s | "
-                     f"{row['time_ratio']:.2f} (<= {row['time_target']}) | {memory} |")
+                     f"{row['time_ratio']:.2f} ({target}) | {memory} |")
     machine = report["machine"]
     lines.append(f"\nCPU only, {machine['cpu_count']} cores, median of {report['settings']['repeats']} runs "
-                 "after a warm-up, each case in its own process.")
+                 "after a warm-up, each case in its own process. Peak memory is the growth of the process's peak "
+                 "RSS during the runs; the worker path's inference memory is in the worker process, not counted.")
     return "\n".join(lines)
 
 
