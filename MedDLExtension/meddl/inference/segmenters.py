@@ -27,6 +27,11 @@ from .sliding_window import infer
 DEFAULT_ROI = (96, 96, 96)
 
 
+def stack_channels(channels: list[torch.Tensor]) -> torch.Tensor:
+    """(C, X, Y, Z) from C volumes; a single channel becomes a view, not a copy of the volume."""
+    return channels[0][None] if len(channels) == 1 else torch.stack(channels)
+
+
 class Segmenter:
     """Base: orientation and channel handling shared by every pipeline."""
 
@@ -49,7 +54,7 @@ class Segmenter:
             arrays = [np.ascontiguousarray(np.transpose(a, (2, 1, 0))) for a in arrays]
         spacing = np.asarray(image.spacing)[list(reorientation.world_axis.index(w) for w in range(3))] \
             if reorientation else np.asarray(image.spacing)
-        volume = torch.stack([finite(torch.from_numpy(a.astype(np.float32, copy=False))) for a in arrays])
+        volume = stack_channels([finite(torch.from_numpy(a.astype(np.float32, copy=False))) for a in arrays])
         report(0.02, "preprocessing")
         labels = self.predict(volume, tuple(spacing), scaled(report, 0.02, 0.95))
         report(0.97, "postprocessing")
@@ -67,7 +72,7 @@ class SlidingWindowSegmenter(Segmenter):
 
     def predict(self, volume: torch.Tensor, spacing: tuple[float, ...], progress: Progress) -> np.ndarray:
         card, shape = self.card, tuple(volume.shape[1:])
-        volume = torch.stack([normalise(channel, card.intensity) for channel in volume])
+        volume = stack_channels([normalise(channel, card.intensity) for channel in volume])
         if card.spacing:
             volume = resize(volume, shape_for_spacing(shape, spacing, card.spacing), "trilinear")
         roi = card.roi_size or DEFAULT_ROI

@@ -28,7 +28,8 @@ def meddl_mask(mni, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def deepbet_mask(mni, tmp_path_factory):
-    deepbet = pytest.importorskip("deepbet")
+    import deepbet  # installed by the Makefile (--no-deps, plus cc3d, fill_voids, tqdm): never skipped
+
     output = tmp_path_factory.mktemp("deepbet") / "mask.nii.gz"
     deepbet.run_bet([str(mni["t1"])], mask_paths=[str(output)], no_gpu=True)
     return read_image(output).array > 0
