@@ -62,7 +62,8 @@ def run_demo(out: Path, device: str = "auto") -> dict:
     reference = reference_brain_mask(read_image(paths["gm"]).array, read_image(paths["wm"]).array)
     card_dice = catalog.get_entry(MODEL)["card"]["accuracy"][0]["value"]
     summary = {"model": MODEL, "dice": round(dice(labels > 0, reference), 4), "card_dice": card_dice,
-               "seconds": round(seconds, 2), "device": device, "outputs": sorted(p.name for p in out.iterdir())}
+               "seconds": round(seconds, 2), "device": device,
+               "outputs": sorted({p.name for p in out.iterdir()} | {"summary.json"})}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
