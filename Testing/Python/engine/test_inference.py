@@ -132,3 +132,17 @@ def test_channel_argmax_equals_torch_argmax_including_ties():
 
     logits = torch.randint(0, 3, (4, 9, 8, 7)).float()  # many ties
     assert torch.equal(channel_argmax(logits), torch.argmax(logits, dim=0).to(torch.uint8))
+
+
+def test_output_stays_on_the_gpu_only_while_it_fits():
+    from meddl.device import Compute
+    from meddl.inference.sliding_window import output_device
+
+    class FakeGpu(Compute):
+        def free_memory_bytes(self):
+            return 1_000_000_000  # 1 GB free
+
+    gpu = FakeGpu(torch.device("cuda"), amp=True)
+    assert output_device(gpu, 10_000_000, 2).type == "cuda"  # 160 MB of output and counts: fits
+    assert output_device(gpu, 200_000_000, 4).type == "cpu"  # 6.4 GB: aggregate on the CPU
+    assert output_device(Compute(torch.device("cpu"), False), 200_000_000, 4).type == "cpu"
