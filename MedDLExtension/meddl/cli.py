@@ -28,8 +28,32 @@ def _add_segment(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_models(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("models", help="list the catalogued models")
-    parser.add_argument("action", choices=["list"])
+    parser = commands.add_parser("models", help="the model library: list, info, install, import, remove")
+    actions = parser.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="every model MedDL knows, with filters")
+    listing.add_argument("--search", default="", help="text in the id, title or description")
+    listing.add_argument("--task", default="")
+    listing.add_argument("--modality", default="")
+    listing.add_argument("--body-part", default="")
+    listing.add_argument("--installed", action="store_true", help="only models ready to run")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    info = actions.add_parser("info", help="everything about one model")
+    info.add_argument("id")
+    install = actions.add_parser("install", help="download, verify and install a catalogued model")
+    install.add_argument("id")
+    install.add_argument("--trust-model", action="store_true", help="allow its executable config expressions")
+    _add_progress(install)
+    imported = actions.add_parser("import", help="add a bundle folder/zip, TorchScript file or checkpoint")
+    imported.add_argument("path")
+    imported.add_argument("--id", default=None, help="library id (default: from the card or file name)")
+    for field in ("name", "title", "task", "license", "modality", "description"):
+        imported.add_argument(f"--{field}", default=None, help=f"card field '{field}' if the card lacks it")
+    imported.add_argument("--channels", type=int, default=None, help="input channels")
+    imported.add_argument("--labels", default=None, help="labels as '1:Liver,2:Spleen'")
+    imported.add_argument("--roi", default=None, help="patch size as '96,96,96'")
+    imported.add_argument("--trust-model", action="store_true")
+    remove = actions.add_parser("remove", help="delete an installed model and free its disk space")
+    remove.add_argument("id")
 
 
 def _add_progress(parser: argparse.ArgumentParser) -> None:
@@ -58,13 +82,9 @@ def _run_segment(args: argparse.Namespace, progress) -> dict:
 
 
 def _run_models(args: argparse.Namespace, progress) -> dict:
-    from .models import catalog
+    from .library import commands
 
-    for model_id in catalog.entry_ids():
-        entry = catalog.get_entry(model_id)
-        state = "installed" if catalog.is_installed(model_id) else "not installed"
-        print(f"{model_id:32} {entry['card']['task']:14} {state:14} {entry['card'].get('title', '')}")
-    return {}
+    return commands.run(args, progress)
 
 
 COMMANDS = {"segment": _run_segment, "models": _run_models}

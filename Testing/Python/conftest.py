@@ -18,6 +18,12 @@ def oblique_image() -> Image:
     return Image(array, (0.7, 1.3, 2.9), (12.5, -31.0, 7.25), oblique_direction())
 
 
+@pytest.fixture(autouse=True)
+def private_model_folder(tmp_path_factory, monkeypatch):
+    """No test reads or writes the user's real model folder."""
+    monkeypatch.setenv("MEDDL_MODELS_DIR", str(tmp_path_factory.mktemp("models")))
+
+
 @pytest.fixture(scope="session")
 def mni() -> dict[str, Path]:
     return mni152_paths()

@@ -105,3 +105,36 @@ def band_volume(shape=(12, 14, 16)) -> np.ndarray:
     array[7:10, 2:5, 1:6] = 2
     array[8:11, 9:13, 10:15] = 3
     return array
+
+
+def write_bundle(folder, inference_extra=None, torchscript=False):
+    """A MONAI bundle in the Model Zoo layout (metadata.json, inference.json, models/); returns its network."""
+    (folder / "configs").mkdir(parents=True)
+    (folder / "models").mkdir()
+    metadata = {
+        "name": "Test bundle", "version": "0.1.0", "license": "Apache-2.0",
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "modality": "MR", "num_channels": 1, "spatial_shape": [16, 16, 16]}},
+            "outputs": {"pred": {"type": "image", "num_channels": 3,
+                                 "channel_def": {"0": "background", "1": "grey matter", "2": "white matter"}}},
+        },
+    }
+    network_def = {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4, 8],
+                   "strides": [2], "num_res_units": 0}
+    inference = {
+        "network_def": network_def,
+        "preprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "LoadImaged", "keys": "image"},
+            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": 0, "a_max": 100, "b_min": 0, "b_max": 1,
+             "clip": True}]},
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [16, 16, 16], "sw_batch_size": 2, "overlap": 0.5},
+        **(inference_extra or {}),
+    }
+    (folder / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    (folder / "configs" / "inference.json").write_text(json.dumps(inference))
+    network = tiny_unet(out_channels=3)
+    if torchscript:
+        torch.jit.script(network).save(str(folder / "models" / "model.ts"))
+    else:
+        torch.save(network.state_dict(), folder / "models" / "model.pt")
+    return network

@@ -1,8 +1,9 @@
 """Built-in model entries: a card, the pipeline that runs it, and where its weights are installed.
 
 Listing entries needs no torch, so Slicer can show them before its dependencies are installed.
-An entry's weights come from an installed Python package (never copied into MedDL) or, later,
-from the user's model folder. A cascade of networks is one entry with several named files.
+An entry's weights come from an installed Python package (never copied into MedDL), or are
+downloaded into the user's model folder (a URL or a MONAI Model Zoo name and version, with a
+checksum). A cascade of networks is one entry with several named files.
 """
 
 from __future__ import annotations
@@ -19,16 +20,14 @@ from .card import card_from_dict
 if TYPE_CHECKING:
     from .loading import LoadedModel
 
-ENTRY_FOLDER = Path(__file__).with_name("entries")
+CATALOG = Path(__file__).with_name("catalog.json")
 
 
 @lru_cache(maxsize=1)
 def _entries() -> dict[str, dict[str, Any]]:
-    entries = {}
-    for path in sorted(ENTRY_FOLDER.glob("*.json")):
-        entry = json.loads(path.read_text(encoding="utf-8"))
-        entries[entry["id"]] = entry
-    return entries
+    """The catalog's entries by id (schema: Resources/Schemas/meddl-model-catalog.schema.json)."""
+    catalog = json.loads(CATALOG.read_text(encoding="utf-8"))
+    return {entry["id"]: entry for entry in catalog["models"]}
 
 
 def entry_ids() -> list[str]:
@@ -72,6 +71,11 @@ def entry_files(model_id: str) -> dict[str, Path]:
 
 
 def is_installed(model_id: str) -> bool:
+    """Ready to run: its package is installed, or it is in the user's model folder."""
+    if "python_package" not in get_entry(model_id)["source"]:
+        from ..library import store
+
+        return store.installed(model_id) is not None
     try:
         entry_files(model_id)
     except ModelError:
@@ -84,6 +88,8 @@ def load_entry(model_id: str) -> LoadedModel:
     from .networks import load_torchscript
 
     entry = get_entry(model_id)
+    if "python_package" not in entry["source"]:
+        raise ModelError(f"model {model_id!r} is not installed: `meddl models install {model_id}` downloads it")
     card = card_from_dict(entry["card"], f"catalog entry {model_id}")
     networks = {name: load_torchscript(path) for name, path in entry_files(model_id).items()}
     return LoadedModel(card, networks, entry["pipeline"], f"catalog:{model_id}")

@@ -33,6 +33,12 @@ class LoadedModel:
     source: str = ""
 
 
+def _installed(model_id: str):
+    from ..library import store
+
+    return store.installed(model_id) if store.ID_PATTERN.match(model_id) else None
+
+
 def card_path_for(model_path: Path) -> Path:
     """A file model's card sits beside it: model.pt -> model.json."""
     return model_path.with_suffix(".json")
@@ -75,8 +81,12 @@ def load_model(reference: str | Path, trust: bool = False, card: str | Path | No
 
 
 def _load(text: str, trust: bool, card: str | Path | None) -> LoadedModel:
-    if catalog.has_entry(text) and not Path(text).exists():
-        return catalog.load_entry(text)
+    if not Path(text).exists():
+        installed = _installed(text)
+        if installed is not None:  # the user's model folder, with the trust given at install time
+            return _load(str(installed.model_path), trust or installed.trusted, None)
+        if catalog.has_entry(text):
+            return catalog.load_entry(text)
     path = Path(text)
     if not path.exists():
         known = ", ".join(catalog.entry_ids())

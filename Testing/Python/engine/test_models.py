@@ -11,7 +11,7 @@ from meddl.errors import ModelError
 from meddl.models import catalog
 from meddl.models.card import card_from_dict, read_card
 from meddl.models.loading import load_model
-from meddl_testing import card_dict, tiny_unet, write_state_dict_model, write_torchscript_model
+from meddl_testing import card_dict, tiny_unet, write_bundle, write_state_dict_model, write_torchscript_model
 
 
 def _same_output(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -39,41 +39,9 @@ def test_torchscript_with_card(tmp_path):
     assert _same_output(loaded.networks["network"], tiny_unet())
 
 
-def _write_bundle(folder, inference_extra=None, torchscript=False):
-    (folder / "configs").mkdir(parents=True)
-    (folder / "models").mkdir()
-    metadata = {
-        "name": "Test bundle", "version": "0.1.0", "license": "Apache-2.0",
-        "network_data_format": {
-            "inputs": {"image": {"type": "image", "modality": "MR", "num_channels": 1, "spatial_shape": [16, 16, 16]}},
-            "outputs": {"pred": {"type": "image", "num_channels": 3,
-                                 "channel_def": {"0": "background", "1": "grey matter", "2": "white matter"}}},
-        },
-    }
-    network_def = {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4, 8],
-                   "strides": [2], "num_res_units": 0}
-    inference = {
-        "network_def": network_def,
-        "preprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "LoadImaged", "keys": "image"},
-            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": 0, "a_max": 100, "b_min": 0, "b_max": 1,
-             "clip": True}]},
-        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [16, 16, 16], "sw_batch_size": 2, "overlap": 0.5},
-        **(inference_extra or {}),
-    }
-    (folder / "configs" / "metadata.json").write_text(json.dumps(metadata))
-    (folder / "configs" / "inference.json").write_text(json.dumps(inference))
-    network = tiny_unet(out_channels=3)
-    if torchscript:
-        torch.jit.script(network).save(str(folder / "models" / "model.ts"))
-    else:
-        torch.save(network.state_dict(), folder / "models" / "model.pt")
-    return network
-
-
 @pytest.mark.parametrize("torchscript", [False, True])
 def test_monai_bundle(tmp_path, torchscript):
-    network = _write_bundle(tmp_path / "bundle", torchscript=torchscript)
+    network = write_bundle(tmp_path / "bundle", torchscript=torchscript)
     loaded = load_model(tmp_path / "bundle")
     card = loaded.card
     assert [label.name for label in card.labels] == ["grey matter", "white matter"]
@@ -83,7 +51,7 @@ def test_monai_bundle(tmp_path, torchscript):
 
 
 def test_bundle_with_expressions_needs_trust(tmp_path):
-    _write_bundle(tmp_path / "bundle", {"bundle_root": "$__import__('os').getcwd()"})
+    write_bundle(tmp_path / "bundle", {"bundle_root": "$__import__('os').getcwd()"})
     with pytest.raises(ModelError, match="executable expressions.*trust"):
         load_model(tmp_path / "bundle")
     assert load_model(tmp_path / "bundle", trust=True).card.name == "Test bundle"

@@ -1,0 +1,1 @@
+"""The model library: the user's model folder, downloads, imports and removals."""

@@ -1,0 +1,113 @@
+"""The user's model folder: one sub-folder per installed model, with a record of where it came from.
+
+Outside Slicer the folder is $MEDDL_MODELS_DIR, else the platform's user data folder
+(~/.local/share/meddl/models on Linux, %LOCALAPPDATA%/MedDL/models on Windows,
+~/Library/Application Support/MedDL/models on macOS). Inside Slicer, MedDLLib points it at
+MedDL/models in Slicer's settings folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelError
+
+RECORD = "meddl_install.json"
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def models_dir() -> Path:
+    """The folder installed and imported models live in (created on demand)."""
+    configured = os.environ.get("MEDDL_MODELS_DIR")
+    if configured:
+        return Path(configured)
+    home = Path.home()
+    if sys.platform.startswith("win"):
+        return Path(os.environ.get("LOCALAPPDATA", home / "AppData" / "Local")) / "MedDL" / "models"
+    if sys.platform == "darwin":
+        return home / "Library" / "Application Support" / "MedDL" / "models"
+    return Path(os.environ.get("XDG_DATA_HOME", home / ".local" / "share")) / "meddl" / "models"
+
+
+@dataclass(frozen=True)
+class InstalledModel:
+    """A model folder in the library and its install record."""
+
+    id: str
+    folder: Path
+    record: dict[str, Any]
+
+    @property
+    def trusted(self) -> bool:
+        return bool(self.record.get("trusted", False))
+
+    @property
+    def model_path(self) -> Path:
+        """What load_model takes: the folder (a bundle) or the model file inside it."""
+        relative = self.record.get("model_path", ".")
+        return self.folder / relative
+
+
+def check_id(model_id: str) -> str:
+    if not ID_PATTERN.match(model_id or ""):
+        raise ModelError(f"model id {model_id!r} must be letters, digits, '.', '_' or '-' (at most 100)")
+    return model_id
+
+
+def installed(model_id: str) -> InstalledModel | None:
+    folder = models_dir() / check_id(model_id)
+    record_path = folder / RECORD
+    if not record_path.is_file():
+        return None
+    return InstalledModel(model_id, folder, json.loads(record_path.read_text(encoding="utf-8")))
+
+
+def list_installed() -> list[InstalledModel]:
+    root = models_dir()
+    if not root.is_dir():
+        return []
+    found = (installed(p.name) for p in sorted(root.iterdir()) if p.is_dir() and ID_PATTERN.match(p.name))
+    return [model for model in found if model is not None]
+
+
+def folder_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def staging_folder(model_id: str) -> Path:
+    """A private folder beside the library for building an install before it is published."""
+    root = models_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    staging = root / f".staging-{check_id(model_id)}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    return staging
+
+
+def publish(staging: Path, model_id: str, record: dict[str, Any]) -> InstalledModel:
+    """Write the record and rename the staging folder into place: the install appears whole."""
+    (staging / RECORD).write_text(json.dumps(record, indent=1), encoding="utf-8")
+    target = models_dir() / model_id
+    if target.exists():
+        raise ModelError(f"model {model_id!r} is already installed; remove it first")
+    os.replace(staging, target)
+    return InstalledModel(model_id, target, record)
+
+
+def remove(model_id: str) -> int:
+    """Delete an installed model; returns the bytes freed."""
+    model = installed(model_id)
+    if model is None:
+        raise ModelError(f"model {model_id!r} is not installed in {models_dir()}")
+    size = folder_size(model.folder)
+    trash = model.folder.with_name(f".removing-{model_id}-{os.getpid()}")
+    os.replace(model.folder, trash)  # disappears from the library at once, even if deleting takes time
+    shutil.rmtree(trash)
+    return size
