@@ -65,6 +65,7 @@ class EngineWorker:
     """One `python -m meddl worker` process and the threads that read its output."""
 
     def __init__(self, device: str | None = None) -> None:
+        self.key = _worker_key(device)
         self.busy = False
         self.events: queue.Queue = queue.Queue()
         self.stderr_tail: deque[str] = deque(maxlen=40)
@@ -119,12 +120,18 @@ class EngineWorker:
             self.process.stdin.close()
 
 
-_idle_workers: dict[str, EngineWorker] = {}
+_idle_workers: dict[tuple, EngineWorker] = {}
+
+
+def _worker_key(device: str | None) -> tuple:
+    """Workers are shared only between jobs with the same device setting and MedDL settings."""
+    settings = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("MEDDL_")))
+    return ("cpu" if device == "cpu" else "default", settings)
 
 
 def acquire_worker(device: str | None) -> EngineWorker:
     """An idle, live worker for this device setting, or a new one."""
-    key = "cpu" if device == "cpu" else "default"
+    key = _worker_key(device)
     worker = _idle_workers.pop(key, None)
     if worker is None or not worker.alive():
         worker = EngineWorker(device)
@@ -135,7 +142,7 @@ def acquire_worker(device: str | None) -> EngineWorker:
 def release_worker(worker: EngineWorker, device: str | None) -> None:
     """Keep a live worker for the next job (one per device setting); close any extra."""
     worker.busy = False
-    key = "cpu" if device == "cpu" else "default"
+    key = worker.key
     if worker.alive() and key not in _idle_workers:
         _idle_workers[key] = worker
     elif _idle_workers.get(key) is not worker:

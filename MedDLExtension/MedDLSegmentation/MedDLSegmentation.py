@@ -11,8 +11,10 @@ import slicer
 import vtk
 from meddl.models import catalog
 from MedDLLib.dependencies import ensure_dependencies
-from MedDLLib.jobs import JobState, shut_down_workers
+from MedDLLib.jobs import EngineJob, JobFailed, JobState, shut_down_workers
+from MedDLLib.model_library import slicer_models_dir, use_models_dir
 from MedDLLib.segmentation_job import SegmentationJob
+from MedDLWidgets.model_library_panel import ModelLibraryPanel
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
@@ -51,7 +53,7 @@ class MedDLSegmentationParameterNode:
     """What the panel edits: input volume, model, device and output segmentation."""
 
     inputVolume: vtkMRMLScalarVolumeNode
-    model: Annotated[str, Choice(catalog.entry_ids())] = catalog.default_model("segmentation")
+    model: str = catalog.default_model("segmentation")
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     outputSegmentation: vtkMRMLSegmentationNode
 
@@ -65,7 +67,8 @@ class MedDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self.job: Optional[SegmentationJob] = None
+        self.job = None  # the running SegmentationJob or model-library EngineJob
+        self._onJobDone = None
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_INTERVAL_MS)
         self.timer.timeout.connect(self.onPoll)
@@ -77,12 +80,15 @@ class MedDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = MedDLSegmentationLogic()
+        use_models_dir(slicer_models_dir(slicer.app.slicerUserSettingsFilePath))
+        self.library = ModelLibraryPanel(self.ui, "segmentation", self.onModelSelected, self.runEngineJob)
         self.ui.modelPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs | ctk.ctkPathLineEdit.Files
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.initializeParameterNode()
+        self.library.refresh(self._parameterNode.model)
         self._setRunning(False)
 
     def cleanup(self) -> None:
@@ -132,6 +138,10 @@ class MedDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.progressBar.visible = running
         self._checkCanApply()
 
+    def onModelSelected(self, model_id: str) -> None:
+        if self._parameterNode:
+            self._parameterNode.model = model_id
+
     def onApplyButton(self) -> None:
         if not ensure_dependencies(lambda message: slicer.util.confirmOkCancelDisplay(message)):
             self.ui.statusLabel.text = _("MedDL's Python packages are not installed.")
@@ -139,13 +149,29 @@ class MedDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         parameters = self._parameterNode
         model = self.ui.modelPathLineEdit.currentPath or parameters.model
         try:
-            self.job = self.logic.start(parameters.inputVolume, model, parameters.device,
-                                        parameters.outputSegmentation)
+            job = self.logic.start(parameters.inputVolume, model, parameters.device, parameters.outputSegmentation)
         except Exception as error:
             slicer.util.errorDisplay(_("Cannot start segmentation: {error}").format(error=error))
             return
+        self._startPolling(job, _("Segmenting..."), self._applySegmentation)
+
+    def runEngineJob(self, job: EngineJob, title: str, onSuccess) -> None:
+        """Run a model-library job with the same progress bar and Cancel button."""
+        if self.job is not None:
+            job.cancel()
+            slicer.util.errorDisplay(_("Another MedDL job is running; wait for it or cancel it."))
+            return
+        self._startPolling(job, title, lambda _job: onSuccess())
+
+    def _applySegmentation(self, job: SegmentationJob) -> None:
+        segmentationNode = job.finish()  # raises with the worker's message if it failed
+        self._parameterNode.outputSegmentation = segmentationNode
+        self.ui.statusLabel.text = _("Done: {name}").format(name=segmentationNode.GetName())
+
+    def _startPolling(self, job, title: str, onDone) -> None:
+        self.job, self._onJobDone = job, onDone
         self.ui.progressBar.value = 0
-        self.ui.statusLabel.text = _("Starting...")
+        self.ui.statusLabel.text = title
         self._setRunning(True)
         self.timer.start()
 
@@ -154,21 +180,21 @@ class MedDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if job is None:
             self.timer.stop()
             return
+        engine = job.engine if isinstance(job, SegmentationJob) else job
         job.poll()
-        self.ui.progressBar.value = int(100 * job.engine.fraction)
-        self.ui.statusLabel.text = job.engine.message
-        if job.state is JobState.RUNNING:
+        self.ui.progressBar.value = int(100 * engine.fraction)
+        self.ui.statusLabel.text = engine.message
+        if engine.state is JobState.RUNNING:
             return
         self.timer.stop()
         self.job = None
         try:
-            segmentationNode = job.finish()  # raises with the worker's message if it failed
+            if engine.state is JobState.FAILED and not isinstance(job, SegmentationJob):
+                raise JobFailed(engine.error)
+            self._onJobDone(job)
         except Exception as error:
-            self.ui.statusLabel.text = _("Failed; the scene is unchanged.")
-            slicer.util.errorDisplay(_("Segmentation failed: {error}").format(error=error))
-        else:
-            self._parameterNode.outputSegmentation = segmentationNode
-            self.ui.statusLabel.text = _("Done: {name}").format(name=segmentationNode.GetName())
+            self.ui.statusLabel.text = _("Failed; nothing was changed.")
+            slicer.util.errorDisplay(_("MedDL: {error}").format(error=error))
         self._setRunning(False)
 
     def onCancelButton(self) -> None:
@@ -176,7 +202,7 @@ class MedDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.job.cancel()
             self.job = None
             self.timer.stop()
-            self.ui.statusLabel.text = _("Cancelled; the scene is unchanged.")
+            self.ui.statusLabel.text = _("Cancelled; nothing was changed.")
             self._setRunning(False)
 
 

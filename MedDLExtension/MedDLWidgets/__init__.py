@@ -1,0 +1,1 @@
+"""Qt widgets shared by every MedDL module (they run inside Slicer only)."""

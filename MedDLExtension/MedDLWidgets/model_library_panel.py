@@ -1,0 +1,148 @@
+"""The model library panel: search, filter, install, import and remove models from any MedDL module."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import qt
+import slicer
+from meddl.models import catalog
+from MedDLLib.jobs import EngineJob
+from MedDLLib.model_library import CARD_FORM, library_rows, remove_model, start_import, start_install
+
+COLUMNS = ("Model", "Modality", "Licence", "Size", "Accuracy", "CPU time", "Status")
+ID_ROLE = qt.Qt.UserRole
+
+
+def _size(size) -> str:
+    return "" if size is None else f"{size / 1e6:.0f} MB"
+
+
+class ModelLibraryPanel:
+    """Drives the library widgets of a module's .ui (see the names below) for one task.
+
+    `on_select(model_id)` is called when the user picks a model; `run_job(job, title, on_success)`
+    runs an engine job with the module's progress bar and Cancel button.
+    """
+
+    def __init__(self, ui, task: str, on_select: Callable[[str], None],
+                 run_job: Callable[[EngineJob, str, Callable[[], None]], None]) -> None:
+        self.ui, self.task, self.on_select, self.run_job = ui, task, on_select, run_job
+        table = ui.modelTable
+        table.setColumnCount(len(COLUMNS))
+        table.setHorizontalHeaderLabels(list(COLUMNS))
+        table.setSelectionBehavior(qt.QAbstractItemView.SelectRows)
+        table.setSelectionMode(qt.QAbstractItemView.SingleSelection)
+        table.setEditTriggers(qt.QAbstractItemView.NoEditTriggers)
+        table.itemSelectionChanged.connect(self._onSelectionChanged)
+        ui.modelSearchLineEdit.textChanged.connect(lambda _text: self.refresh())
+        ui.installedOnlyCheckBox.toggled.connect(lambda _checked: self.refresh())
+        ui.installModelButton.clicked.connect(self.onInstall)
+        ui.importModelFileButton.clicked.connect(lambda: self.onImport(folder=False))
+        ui.importModelFolderButton.clicked.connect(lambda: self.onImport(folder=True))
+        ui.removeModelButton.clicked.connect(self.onRemove)
+
+    def refresh(self, select: str = "") -> None:
+        """Fill the table from the catalog and the model folder, keeping or setting the selection."""
+        select = select or self.selectedId()
+        rows = library_rows(self.task, self.ui.modelSearchLineEdit.text, self.ui.installedOnlyCheckBox.checked)
+        table = self.ui.modelTable
+        table.blockSignals(True)
+        table.setRowCount(len(rows))
+        for index, row in enumerate(rows):
+            cpu = "" if row.cpu_seconds is None else f"{row.cpu_seconds:.0f} s"
+            values = (row.title, row.modality, row.license, _size(row.size_bytes), row.accuracy, cpu,
+                      "installed" if row.installed else "available")
+            for column, value in enumerate(values):
+                item = qt.QTableWidgetItem(value)
+                item.setData(ID_ROLE, row.id)
+                item.setToolTip(f"{row.id}\n{row.description}")
+                table.setItem(index, column, item)
+            if row.id == select:
+                table.selectRow(index)
+        table.blockSignals(False)
+        table.resizeColumnsToContents()
+        self._updateButtons()
+
+    def selectedId(self) -> str:
+        items = self.ui.modelTable.selectedItems()
+        return items[0].data(ID_ROLE) if items else ""
+
+    def _selectedRow(self):
+        model_id = self.selectedId()
+        return next((row for row in library_rows(self.task) if row.id == model_id), None)
+
+    def _onSelectionChanged(self) -> None:
+        row = self._selectedRow()
+        if row is not None and row.installed:
+            self.on_select(row.id)
+        self._updateButtons()
+
+    def _updateButtons(self) -> None:
+        row = self._selectedRow()
+        self.ui.installModelButton.enabled = bool(row and not row.installed)
+        removable = bool(row and row.installed) and (
+            row.origin == "imported" or "python_package" not in catalog.get_entry(row.id)["source"])
+        self.ui.removeModelButton.enabled = removable
+
+    def onInstall(self) -> None:
+        model_id = self.selectedId()
+        source = catalog.get_entry(model_id)["source"] if catalog.has_entry(model_id) else {}
+        trust = False
+        if "monai_zoo" in source:
+            trust = slicer.util.confirmYesNoDisplay(
+                "This MONAI Model Zoo bundle's configuration contains Python expressions that run when it "
+                "loads. Install it and trust it to run them?")
+            if not trust:
+                return
+        self.run_job(start_install(model_id, trust), f"Installing {model_id}", lambda: self.refresh(model_id))
+
+    def onImport(self, folder: bool) -> None:
+        if folder:
+            path = qt.QFileDialog.getExistingDirectory(None, "Import a MONAI bundle folder")
+        else:
+            path = qt.QFileDialog.getOpenFileName(None, "Import a model", "",
+                                                  "Models (*.zip *.ts *.pt *.pth);;All files (*)")
+        if not path:
+            return
+        form = self._askCardFields(path)
+        if form is None:
+            return
+        model_id = form.pop("id") or None
+        trust = form.pop("trust")
+        self.run_job(start_import(path, model_id, form, trust), f"Importing {path}",
+                     lambda: self.refresh(model_id or ""))
+
+    def _askCardFields(self, path: str):
+        """The short form for card fields the model may lack; blank fields keep the card's values."""
+        dialog = qt.QDialog(slicer.util.mainWindow())
+        dialog.setWindowTitle("Import model")
+        layout = qt.QFormLayout(dialog)
+        layout.addRow(qt.QLabel(f"Fill in what the model's card lacks:\n{path}"))
+        edits = {"id": qt.QLineEdit()}
+        layout.addRow("Library id", edits["id"])
+        for field, label, default in CARD_FORM:
+            edits[field] = qt.QLineEdit(default)
+            layout.addRow(label, edits[field])
+        trust = qt.QCheckBox("I trust this model's source (allows pickled code and bundle expressions)")
+        layout.addRow(trust)
+        buttons = qt.QDialogButtonBox(qt.QDialogButtonBox.Ok | qt.QDialogButtonBox.Cancel)
+        buttons.accepted.connect(dialog.accept)
+        buttons.rejected.connect(dialog.reject)
+        layout.addRow(buttons)
+        if not dialog.exec_():
+            return None
+        return {**{field: edit.text.strip() for field, edit in edits.items()}, "trust": trust.checked}
+
+    def onRemove(self) -> None:
+        row = self._selectedRow()
+        if row is None or not slicer.util.confirmOkCancelDisplay(
+                f"Remove {row.title}? This deletes {_size(row.size_bytes)} from the model folder."):
+            return
+        try:
+            freed = remove_model(row.id)
+        except Exception as error:
+            slicer.util.errorDisplay(f"Cannot remove {row.id}: {error}")
+            return
+        self.ui.statusLabel.text = f"Removed {row.id}: {_size(freed)} freed."
+        self.refresh()
