@@ -10,7 +10,7 @@ from meddl.models import catalog
 from MedDLLib.jobs import EngineJob
 from MedDLLib.model_library import CARD_FORM, library_rows, remove_model, start_import, start_install
 
-COLUMNS = ("Model", "Modality", "Licence", "Size", "Accuracy", "CPU time", "Status")
+COLUMNS = ("Model", "Modality", "Licence", "Size", "Accuracy", "CPU time", "GPU time", "Status")
 ID_ROLE = qt.Qt.UserRole
 
 
@@ -50,8 +50,9 @@ class ModelLibraryPanel:
         table.blockSignals(True)
         table.setRowCount(len(rows))
         for index, row in enumerate(rows):
-            cpu = "" if row.cpu_seconds is None else f"{row.cpu_seconds:.0f} s"
-            values = (row.title, row.modality, row.license, _size(row.size_bytes), row.accuracy, cpu,
+            cpu = "not measured" if row.cpu_seconds is None else f"{row.cpu_seconds:.1f} s"
+            gpu = "not measured" if row.gpu_seconds is None else f"{row.gpu_seconds:.1f} s"
+            values = (row.title, row.modality, row.license, _size(row.size_bytes), row.accuracy, cpu, gpu,
                       "installed" if row.installed else "available")
             for column, value in enumerate(values):
                 item = qt.QTableWidgetItem(value)

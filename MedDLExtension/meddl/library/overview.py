@@ -61,12 +61,16 @@ def _imported_row(model: store.InstalledModel) -> ModelRow:
 
 def model_rows(search: str = "", task: str = "", modality: str = "", body_part: str = "",
                installed: Optional[bool] = None) -> list[ModelRow]:
-    """Every known model, filtered; search matches id, title and description (case-insensitive)."""
+    """Every known model, filtered; search matches id, title, description, modality and body part."""
     rows = [_catalog_row(model_id) for model_id in catalog.entry_ids()]
     rows += [_imported_row(m) for m in store.list_installed() if not catalog.has_entry(m.id)]
     needle = search.lower()
+
+    def text(row: ModelRow) -> str:
+        return f"{row.id} {row.title} {row.description} {row.modality} {row.body_part}".lower()
+
     return [row for row in rows
-            if (not needle or needle in f"{row.id} {row.title} {row.description}".lower())
+            if (not needle or needle in text(row))
             and (not task or row.task == task)
             and (not modality or modality.lower() in row.modality.lower())
             and (not body_part or body_part.lower() in row.body_part.lower())

@@ -81,10 +81,31 @@ def folder_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists but is not ours, or the platform cannot tell: leave its folder alone
+    return True
+
+
+def clean_stale() -> None:
+    """Delete staging and removal folders left by a process that was killed (e.g. a cancelled install)."""
+    root = models_dir()
+    leftovers = [*root.glob(".staging-*"), *root.glob(".removing-*")] if root.is_dir() else []
+    for folder in leftovers:
+        pid = folder.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def staging_folder(model_id: str) -> Path:
     """A private folder beside the library for building an install before it is published."""
     root = models_dir()
     root.mkdir(parents=True, exist_ok=True)
+    clean_stale()
     staging = root / f".staging-{check_id(model_id)}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()

@@ -252,3 +252,15 @@ def test_untouched_network_weights(tmp_path):
     loaded = torch.load(installed.model_path, weights_only=True)
     for key, value in tiny_unet().state_dict().items():
         assert torch.equal(loaded[key], value)
+
+
+def test_leftovers_of_a_killed_install_are_cleaned(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = store.models_dir() / f".staging-test-unet-{dead.stdout.strip()}"
+    stale.mkdir(parents=True)
+    (stale / "half.bin").write_bytes(b"x" * 100)
+    install.import_model(write_state_dict_model(tmp_path))
+    assert not stale.exists() and [m.id for m in store.list_installed()] == ["test-unet"]
