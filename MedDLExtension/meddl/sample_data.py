@@ -29,9 +29,16 @@ def mni152_paths() -> dict[str, Path]:
     return paths
 
 
+def tissue_probability(array: np.ndarray) -> np.ndarray:
+    """Probabilities in 0..1 from a tissue map; nilearn stores them as uint8 0..255 (no NIfTI scaling)."""
+    if np.issubdtype(array.dtype, np.integer):
+        return array.astype(np.float32) / np.iinfo(array.dtype).max
+    return array.astype(np.float32)
+
+
 def reference_brain_mask(gm: np.ndarray, wm: np.ndarray) -> np.ndarray:
     """The reference brain: grey + white matter probability above one half."""
-    return (gm.astype(np.float32) + wm.astype(np.float32)) > 0.5
+    return (tissue_probability(gm) + tissue_probability(wm)) > 0.5
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -65,3 +65,11 @@ def test_result_follows_the_anatomy_not_the_voxel_order(mni, meddl_mask, tmp_pat
     back = labels.transpose(1, 0, 2)[::-1, :, ::-1]
     assert dice(back > 0, meddl_mask) >= 0.99
     assert nib.aff2axcodes(nib.load(str(path)).affine) != ("R", "A", "S")
+
+
+def test_reference_uses_probabilities_not_raw_bytes(mni):
+    """nilearn stores the tissue maps as 0..255: 'probability > 0.5' must mean a value above 127.5."""
+    from meddl.sample_data import tissue_probability
+
+    gm = read_image(mni["gm"]).array
+    assert gm.dtype == np.uint8 and tissue_probability(gm).max() == pytest.approx(1.0)

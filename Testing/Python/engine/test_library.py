@@ -219,7 +219,7 @@ def test_overview_filters():
     assert [row.id for row in model_rows(modality="MR")] == ["deepbet-brain-extraction"]
     assert "monai-zoo-spleen-ct-segmentation" not in {row.id for row in model_rows(installed=True)}
     deepbet = next(row for row in model_rows() if row.id == "deepbet-brain-extraction")
-    assert deepbet.installed and deepbet.size_bytes > 10_000_000 and "Dice 0.97" in deepbet.accuracy
+    assert deepbet.installed and deepbet.size_bytes > 10_000_000 and "Dice 0.939" in deepbet.accuracy
 
 
 def test_cli_import_list_remove(tmp_path, capsys):
