@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_segment(commands)
     _add_models(commands)
+    from .classify_cli import add_commands
+
+    add_commands(commands, _add_progress)
     commands.add_parser("worker", help="serve jobs from JSON lines on stdin (Slicer's background worker)")
     return parser
 
@@ -87,7 +90,20 @@ def _run_models(args: argparse.Namespace, progress) -> dict:
     return commands.run(args, progress)
 
 
-COMMANDS = {"segment": _run_segment, "models": _run_models}
+def _run_classify(args: argparse.Namespace, progress) -> dict:
+    from .classify_cli import run_classify
+
+    return run_classify(args, progress)
+
+
+def _run_train_classifier(args: argparse.Namespace, progress) -> dict:
+    from .classify_cli import run_train
+
+    return run_train(args, progress)
+
+
+COMMANDS = {"segment": _run_segment, "models": _run_models, "classify": _run_classify,
+            "train-classifier": _run_train_classifier}
 
 
 def execute(args: argparse.Namespace, progress) -> dict:

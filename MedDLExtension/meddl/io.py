@@ -12,6 +12,7 @@ from .files import atomic_path
 from .image import Image
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".tif", ".tiff")
 
 
 def image_suffix(path: str | Path) -> str:
@@ -22,17 +23,24 @@ def image_suffix(path: str | Path) -> str:
     return ""
 
 
-def read_image(path: str | Path) -> Image:
-    """Read a NIfTI/NRRD/MetaImage file or a folder holding one DICOM series."""
+def read_image(path: str | Path, allow_2d: bool = False) -> Image:
+    """Read a NIfTI/NRRD/MetaImage file or a folder holding one DICOM series.
+
+    With `allow_2d`, a 2D picture (PNG, JPEG, a single-frame DICOM) becomes a one-slice volume:
+    array (1, rows, columns[, channels]) with row 0 at the top, as the picture is shown.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"input not found: {path}")
     if path.is_dir():
         return image_from_sitk(_read_dicom_series(path), str(path))
     try:
-        return image_from_sitk(sitk.ReadImage(str(path)), str(path))
+        image = sitk.ReadImage(str(path))
     except RuntimeError as error:
         raise InputError(f"cannot read image {path}: {_first_line(error)}") from None
+    if allow_2d and image.GetDimension() == 2:
+        image = sitk.JoinSeries(image)
+    return image_from_sitk(image, str(path))
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:

@@ -138,3 +138,28 @@ def write_bundle(folder, inference_extra=None, torchscript=False):
     else:
         torch.save(network.state_dict(), folder / "models" / "model.pt")
     return network
+
+
+def mni_tissue_patches(mni: dict, slices: tuple[int, int], per_class: int, radius: int = 8, seed: int = 0,
+                       two_d: bool = False):
+    """Patches of the real MNI T1 centred on voxels with grey (0) or white (1) matter probability > 0.8.
+
+    `slices` limits the patch centres to a range of axial slices, so training and test patches can
+    come from separate regions of the brain. With `two_d`, each patch is one axial slice.
+    """
+    from meddl.io import read_image
+    from meddl.sample_data import tissue_probability
+
+    t1, gm, wm = (read_image(mni[key]) for key in ("t1", "gm", "wm"))
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for label, tissue in enumerate((gm, wm)):
+        centres = np.argwhere(tissue_probability(tissue.array)[slices[0]:slices[1]] > 0.8)
+        centres[:, 0] += slices[0]
+        inside = np.all((centres[:, 1:] >= radius) & (centres[:, 1:] < np.array(t1.shape[1:]) - radius), axis=1)
+        for k, j, i in centres[inside][rng.choice(int(inside.sum()), per_class, replace=False)]:
+            depth = slice(k, k + 1) if two_d else slice(k - radius, k + radius)
+            patch = t1.array[depth, j - radius:j + radius, i - radius:i + radius].astype(np.float32)
+            images.append(Image(patch))
+            labels.append(label)
+    return images, labels

@@ -54,13 +54,18 @@ class ModelCard:
     largest_component: bool = False
     fill_holes: bool = False
     network: dict[str, Any] | None = None
+    spatial_dims: int = 3
+    input_size: tuple[int, ...] | None = None
+    saliency_layer: str | None = None
     provenance: str = ""
     accuracy: list[dict[str, Any]] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def out_channels(self) -> int:
-        """Channels the network must produce for these labels."""
+        """Channels the network must produce for these labels (classes, for a classifier)."""
+        if self.task == "classification":
+            return len(self.labels)
         if self.mode == "argmax":
             return max(label.value for label in self.labels) + 1
         return len(self.labels)
@@ -86,7 +91,7 @@ def _parse_color(value: Any, index: int) -> tuple[float, float, float]:
     raise ModelError(f"model card: label colour {value!r} is neither '#rrggbb' nor three numbers")
 
 
-def _parse_labels(items: Any) -> tuple[Label, ...]:
+def _parse_labels(items: Any, zero_allowed: bool = False) -> tuple[Label, ...]:
     if not isinstance(items, list) or not items:
         raise ModelError("model card: 'labels' must be a non-empty list of {value, name}")
     labels = []
@@ -94,7 +99,7 @@ def _parse_labels(items: Any) -> tuple[Label, ...]:
         if not isinstance(item, dict) or "value" not in item or "name" not in item:
             raise ModelError(f"model card: label {index + 1} needs a 'value' and a 'name'")
         value = int(item["value"])
-        if value <= 0:
+        if value < 0 or (value == 0 and not zero_allowed):
             raise ModelError(f"model card: label {item['name']!r} has value {value}; 0 is background")
         labels.append(Label(value, str(item["name"]), _parse_color(item.get("color"), index),
                             item.get("terminology")))
@@ -123,7 +128,7 @@ def card_from_dict(data: dict[str, Any], source: str = "model card") -> ModelCar
     spacing, roi = input_spec.get("spacing"), inference.get("roi_size")
     return ModelCard(
         name=str(data["name"]), task=task, channels=int(input_spec["channels"]),
-        labels=_parse_labels(data["labels"]), license=str(data["license"]),
+        labels=_parse_labels(data["labels"], zero_allowed=task == "classification"), license=str(data["license"]),
         title=data.get("title", data["name"]), description=data.get("description", ""),
         modality=input_spec.get("modality", data.get("modality", "")),
         spacing=tuple(float(s) for s in spacing) if spacing else None,
@@ -134,6 +139,9 @@ def card_from_dict(data: dict[str, Any], source: str = "model card") -> ModelCar
         threshold=float(output.get("threshold", 0.5)),
         largest_component=bool(output.get("largest_component", False)),
         fill_holes=bool(output.get("fill_holes", False)), network=data.get("network"),
+        spatial_dims=int(input_spec.get("spatial_dims", 3)),
+        input_size=tuple(int(n) for n in input_spec["size"]) if input_spec.get("size") else None,
+        saliency_layer=data.get("saliency", {}).get("target_layer"),
         provenance=data.get("provenance", ""), accuracy=list(data.get("accuracy", [])), raw=data,
     )
 

@@ -1,0 +1,96 @@
+"""`meddl classify` and `meddl train-classifier` on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+from pathlib import Path
+
+from .errors import InputError
+from .files import atomic_path, check_writable
+from .io import read_image, write_image
+
+
+def add_commands(commands: argparse._SubParsersAction, add_progress) -> None:
+    classify = commands.add_parser("classify", help="class probabilities for images (2D or 3D)")
+    classify.add_argument("inputs", nargs="+", help="image files (NIfTI/NRRD/MHA, PNG/JPEG, DICOM) or DICOM folders")
+    classify.add_argument("--model", required=True, help="classifier: catalog id, model file or bundle")
+    classify.add_argument("--csv", required=True, help="output table: one row per input")
+    classify.add_argument("--saliency", default=None, help="folder for Grad-CAM maps (.nii.gz, input grid)")
+    classify.add_argument("--class", dest="class_name", default=None, help="saliency class (default: predicted)")
+    classify.add_argument("--device", default="auto")
+    classify.add_argument("--trust-model", action="store_true")
+    add_progress(classify)
+    train = commands.add_parser("train-classifier", help="train a classifier from a CSV of images and labels")
+    train.add_argument("--csv", required=True, help="columns: image, label (class name) and optional split")
+    train.add_argument("--out", required=True, help="new folder for model.pt, model.json and metrics")
+    train.add_argument("--architecture", default="densenet", choices=["densenet", "resnet", "efficientnet"])
+    train.add_argument("--size", default=None, help="input size, e.g. 64,64,64 or 224,224")
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--folds", type=int, default=0, help="k-fold cross-validation (default: held-out split)")
+    train.add_argument("--validation-fraction", type=float, default=0.2)
+    train.add_argument("--patience", type=int, default=5, help="early stopping: epochs without improvement")
+    train.add_argument("--no-augment", action="store_true")
+    train.add_argument("--no-class-weights", action="store_true")
+    train.add_argument("--device", default="auto")
+    add_progress(train)
+
+
+def run_classify(args: argparse.Namespace, progress) -> dict:
+    from .classify import classify, saliency
+
+    output = Path(args.csv)
+    check_writable(output)
+    images = [read_image(path, allow_2d=True) for path in args.inputs]
+    results = classify(images, args.model, args.device, args.inputs, progress=progress, trust_model=args.trust_model)
+    maps = []
+    if args.saliency:
+        folder = Path(args.saliency)
+        folder.mkdir(parents=True, exist_ok=True)
+        for path, image, result in zip(args.inputs, images, results):
+            target = folder / (Path(path).name.split(".")[0] + "_saliency.nii.gz")
+            write_image(saliency(image, args.model, args.class_name or result.predicted, args.device,
+                                 args.trust_model), target)
+            maps.append(str(target))
+    rows = [result.as_row() for result in results]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_path(output) as temporary:
+        temporary.write_text(text.getvalue())
+    return {"outputs": {"csv": str(output), "saliency": maps}, "rows": rows}
+
+
+def read_training_csv(path: Path) -> tuple[list, list[int], list[str], list[str] | None]:
+    """Images, label indices, class names (sorted) and the optional split column."""
+    try:
+        with open(path, newline="") as stream:
+            rows = list(csv.DictReader(stream))
+    except OSError as error:
+        raise InputError(f"cannot read {path}: {error.strerror}") from None
+    if not rows or not {"image", "label"} <= set(rows[0]):
+        raise InputError(f"{path} needs the columns 'image' and 'label' (and optionally 'split')")
+    classes = sorted({row["label"] for row in rows})
+    base = path.parent
+    images = [read_image(base / row["image"] if not Path(row["image"]).is_absolute() else row["image"],
+                         allow_2d=True) for row in rows]
+    splits = [row["split"].strip().lower() for row in rows] if "split" in rows[0] else None
+    return images, [classes.index(row["label"]) for row in rows], classes, splits
+
+
+def run_train(args: argparse.Namespace, progress) -> dict:
+    from .training.classifier import TrainingSettings, train_classifier
+
+    images, labels, classes, splits = read_training_csv(Path(args.csv))
+    settings = TrainingSettings(
+        architecture=args.architecture, input_size=tuple(int(n) for n in args.size.split(",")) if args.size else None,
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate, folds=args.folds,
+        validation_fraction=args.validation_fraction, patience=args.patience, augment=not args.no_augment,
+        class_weights=not args.no_class_weights, device=args.device)
+    result = train_classifier(images, labels, classes, Path(args.out), settings, splits, progress,
+                              data_description=f"{len(images)} images listed in {Path(args.csv).name}")
+    return {"outputs": {"model": str(result.folder / "model.pt")}, "validation": result.validation}

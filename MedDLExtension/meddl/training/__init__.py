@@ -1,0 +1,1 @@
+"""Training models from the user's own data."""
