@@ -60,6 +60,12 @@ class Image:
             raise ValueError(f"array shape {array.shape} does not match image shape {self.shape}")
         return Image(array, self.spacing, self.origin, self.direction)
 
+    def crop(self, start: tuple[int, int, int], stop: tuple[int, int, int]) -> Image:
+        """The (k, j, i) box start..stop (exclusive) with its own origin: the same voxels in space."""
+        box = tuple(slice(a, b) for a, b in zip(start, stop))
+        origin = self.index_to_lps() @ np.array([start[2], start[1], start[0], 1.0])
+        return Image(np.ascontiguousarray(self.array[box]), self.spacing, tuple(origin[:3]), self.direction)
+
     def same_grid(self, other: Image, tolerance: float = 1e-4) -> bool:
         return (
             self.shape == other.shape
