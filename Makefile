@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.meddl-installed
 
-.PHONY: demo test lint benchmark clean
+.PHONY: demo test lint benchmark benchmark-classification clean
 
 $(STAMP): pyproject.toml constraints.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ test: $(STAMP)
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/segmentation.py
+
+benchmark-classification: $(STAMP)
+	$(PY) benchmarks/classification.py
 
 clean:
 	rm -rf $(VENV) demo-output

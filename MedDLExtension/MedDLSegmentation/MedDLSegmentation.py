@@ -6,14 +6,14 @@ import logging
 from typing import Annotated, Optional
 
 import ctk
-import qt
 import slicer
 import vtk
 from meddl.models import catalog
 from MedDLLib.dependencies import ensure_dependencies
-from MedDLLib.jobs import EngineJob, JobFailed, JobState, shut_down_workers
+from MedDLLib.jobs import EngineJob, JobState, shut_down_workers
 from MedDLLib.model_library import slicer_models_dir, use_models_dir
 from MedDLLib.segmentation_job import SegmentationJob
+from MedDLWidgets.job_runner import JobRunner
 from MedDLWidgets.model_library_panel import ModelLibraryPanel
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
@@ -25,8 +25,6 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-
-POLL_INTERVAL_MS = 200
 
 
 class MedDLSegmentation(ScriptedLoadableModule):
@@ -67,11 +65,7 @@ class MedDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self.job = None  # the running SegmentationJob or model-library EngineJob
-        self._onJobDone = None
-        self.timer = qt.QTimer()
-        self.timer.setInterval(POLL_INTERVAL_MS)
-        self.timer.timeout.connect(self.onPoll)
+        self.runner = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -86,13 +80,14 @@ class MedDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.runner = JobRunner(self.ui.progressBar, self.ui.statusLabel, self.ui.cancelButton,
+                                lambda running: self._checkCanApply())
         self.initializeParameterNode()
         self.library.refresh(self._parameterNode.model)
-        self._setRunning(False)
 
     def cleanup(self) -> None:
-        self.onCancelButton()
+        if self.runner:
+            self.runner.cancel()
         shut_down_workers()
         self.removeObservers()
 
@@ -106,7 +101,8 @@ class MedDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
     def onSceneStartClose(self, caller, event) -> None:
-        self.onCancelButton()
+        if self.runner:
+            self.runner.cancel()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -129,14 +125,10 @@ class MedDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
-        ready = bool(self._parameterNode and self._parameterNode.inputVolume) and self.job is None
+        ready = bool(self._parameterNode and self._parameterNode.inputVolume) and not (self.runner and
+                                                                                     self.runner.running)
         self.ui.applyButton.enabled = ready
         self.ui.applyButton.toolTip = _("Segment the input volume") if ready else _("Select an input volume")
-
-    def _setRunning(self, running: bool) -> None:
-        self.ui.cancelButton.enabled = running
-        self.ui.progressBar.visible = running
-        self._checkCanApply()
 
     def onModelSelected(self, model_id: str) -> None:
         if self._parameterNode:
@@ -153,57 +145,16 @@ class MedDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         except Exception as error:
             slicer.util.errorDisplay(_("Cannot start segmentation: {error}").format(error=error))
             return
-        self._startPolling(job, _("Segmenting..."), self._applySegmentation)
+        self.runner.start(job, _("Segmenting..."), self._applySegmentation)
 
     def runEngineJob(self, job: EngineJob, title: str, onSuccess) -> None:
         """Run a model-library job with the same progress bar and Cancel button."""
-        if self.job is not None:
-            job.cancel()
-            slicer.util.errorDisplay(_("Another MedDL job is running; wait for it or cancel it."))
-            return
-        self._startPolling(job, title, lambda _job: onSuccess())
+        self.runner.start(job, title, lambda _job: onSuccess())
 
     def _applySegmentation(self, job: SegmentationJob) -> None:
         segmentationNode = job.finish()  # raises with the worker's message if it failed
         self._parameterNode.outputSegmentation = segmentationNode
         self.ui.statusLabel.text = _("Done: {name}").format(name=segmentationNode.GetName())
-
-    def _startPolling(self, job, title: str, onDone) -> None:
-        self.job, self._onJobDone = job, onDone
-        self.ui.progressBar.value = 0
-        self.ui.statusLabel.text = title
-        self._setRunning(True)
-        self.timer.start()
-
-    def onPoll(self) -> None:
-        job = self.job
-        if job is None:
-            self.timer.stop()
-            return
-        engine = job.engine if isinstance(job, SegmentationJob) else job
-        job.poll()
-        self.ui.progressBar.value = int(100 * engine.fraction)
-        self.ui.statusLabel.text = engine.message
-        if engine.state is JobState.RUNNING:
-            return
-        self.timer.stop()
-        self.job = None
-        try:
-            if engine.state is JobState.FAILED and not isinstance(job, SegmentationJob):
-                raise JobFailed(engine.error)
-            self._onJobDone(job)
-        except Exception as error:
-            self.ui.statusLabel.text = _("Failed; nothing was changed.")
-            slicer.util.errorDisplay(_("MedDL: {error}").format(error=error))
-        self._setRunning(False)
-
-    def onCancelButton(self) -> None:
-        if self.job is not None:
-            self.job.cancel()
-            self.job = None
-            self.timer.stop()
-            self.ui.statusLabel.text = _("Cancelled; nothing was changed.")
-            self._setRunning(False)
 
 
 class MedDLSegmentationLogic(ScriptedLoadableModuleLogic):

@@ -169,3 +169,15 @@ def test_command_line_train_and_classify(mni, tmp_path, capsys):
     assert read_image(tmp_path / "maps" / "p0_saliency.nii.gz").same_grid(read_image(tmp_path / "p0.nii.gz"))
     (tmp_path / "bad.csv").write_text("path,class\nx,y\n")
     assert main(["train-classifier", "--csv", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "m2")]) == 3
+
+
+@pytest.mark.parametrize("architecture", ["densenet", "resnet", "efficientnet"])
+def test_every_offered_family_trains_classifies_and_explains(architecture, tmp_path):
+    rng = np.random.default_rng(0)
+    images = [Image(rng.normal(label * 2.0, 1.0, (32, 32, 32)).astype(np.float32)) for label in (0, 1) * 6]
+    labels = [0, 1] * 6
+    result = train_classifier(images, labels, ["low", "high"], tmp_path / architecture,
+                              TrainingSettings(architecture=architecture, epochs=1, batch_size=4))
+    model = str(result.folder / "model.pt")
+    assert len(classify(images[:2], model, device="cpu")) == 2
+    assert saliency(images[0], model, "high", device="cpu").same_grid(images[0])

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
 EXTENSION = ROOT / "MedDLExtension"
-MODULES = ["MedDLSegmentation"]
+MODULES = ["MedDLSegmentation", "MedDLClassification"]
 PACKAGES = {"meddl": "MEDDL_PYTHON", "MedDLLib": "MEDDLLIB_PYTHON", "MedDLWidgets": "MEDDLWIDGETS_PYTHON"}
 
 

@@ -1,0 +1,223 @@
+"""MedDL Classification: class probabilities for volumes or 2D images, a table node, Grad-CAM overlays."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Optional
+
+import ctk
+import slicer
+import vtk
+from MedDLLib.classification_job import ClassificationJob
+from MedDLLib.dependencies import ensure_dependencies
+from MedDLLib.jobs import JobState, shut_down_workers
+from MedDLLib.model_library import slicer_models_dir, use_models_dir
+from MedDLWidgets.job_runner import JobRunner
+from MedDLWidgets.model_library_panel import ModelLibraryPanel
+from slicer import vtkMRMLMarkupsROINode, vtkMRMLTableNode
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+
+class MedDLClassification(ScriptedLoadableModule):
+    """Module description shown in Slicer's module list."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("MedDL Classification")
+        self.parent.categories = [_("MedDL")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["MedDL developers"]
+        self.parent.helpText = _(
+            "Classify one or more volumes (or 2D images loaded as single-slice volumes) with a MONAI "
+            "classifier: a table of class probabilities and, if asked, a Grad-CAM saliency map per input, "
+            "shown over it. An optional ROI limits what the model sees. Runs in the background with Cancel."
+        )
+        self.parent.acknowledgementText = _("Built on PyTorch and MONAI (Grad-CAM from monai.visualize).")
+
+
+@parameterNodeWrapper
+class MedDLClassificationParameterNode:
+    """What the panel edits (the input volumes are the checked items of the volume selector)."""
+
+    model: str = ""
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    roi: vtkMRMLMarkupsROINode
+    computeSaliency: bool = True
+    saliencyClass: str = ""
+    outputTable: vtkMRMLTableNode
+
+
+class MedDLClassificationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: inputs, model library, options, Apply/Cancel; all work happens in the logic's job."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self.runner = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedDLClassification.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = MedDLClassificationLogic()
+        use_models_dir(slicer_models_dir(slicer.app.slicerUserSettingsFilePath))
+        self.library = ModelLibraryPanel(self.ui, "classification", self.onModelSelected,
+                                         lambda job, title, done: self.runner.start(job, title, lambda _j: done()))
+        self.ui.modelPathLineEdit.filters = ctk.ctkPathLineEdit.Files
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.inputVolumesSelector.connect("checkedNodesChanged()", self._checkCanApply)
+        self.runner = JobRunner(self.ui.progressBar, self.ui.statusLabel, self.ui.cancelButton,
+                                lambda running: self._checkCanApply())
+        self.initializeParameterNode()
+        self.library.refresh(self._parameterNode.model)
+
+    def cleanup(self) -> None:
+        if self.runner:
+            self.runner.cancel()
+        shut_down_workers()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self.runner:
+            self.runner.cancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._checkCanApply()
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        hasModel = bool(self._parameterNode and (self._parameterNode.model or self.ui.modelPathLineEdit.currentPath))
+        ready = bool(self.ui.inputVolumesSelector.checkedNodes()) and hasModel and not (
+            self.runner and self.runner.running)
+        self.ui.applyButton.enabled = ready
+        self.ui.applyButton.toolTip = _("Classify the checked volumes") if ready else _(
+            "Check at least one volume and choose a model")
+
+    def onModelSelected(self, modelId: str) -> None:
+        if self._parameterNode:
+            self._parameterNode.model = modelId
+
+    def onApplyButton(self) -> None:
+        if not ensure_dependencies(lambda message: slicer.util.confirmOkCancelDisplay(message)):
+            self.ui.statusLabel.text = _("MedDL's Python packages are not installed.")
+            return
+        p = self._parameterNode
+        volumes = list(self.ui.inputVolumesSelector.checkedNodes())
+        try:
+            job = self.logic.start(volumes, self.ui.modelPathLineEdit.currentPath or p.model, p.device, p.outputTable,
+                                   p.saliencyClass or None, p.computeSaliency, p.roi)
+        except Exception as error:
+            slicer.util.errorDisplay(_("Cannot start classification: {error}").format(error=error))
+            return
+        self.runner.start(job, _("Classifying..."), self._showResults)
+
+    def _showResults(self, job: ClassificationJob) -> None:
+        table = job.finish()
+        self._parameterNode.outputTable = table
+        selection = slicer.app.applicationLogic().GetSelectionNode()
+        selection.SetActiveTableID(table.GetID())
+        slicer.app.applicationLogic().PropagateTableSelection()
+        if job.saliency_nodes:
+            slicer.util.setSliceViewerLayers(background=job.volumes[0], foreground=job.saliency_nodes[0],
+                                             foregroundOpacity=0.4)
+        self.ui.statusLabel.text = _("Done: {count} input(s) classified.").format(count=len(job.volumes))
+
+
+class MedDLClassificationLogic(ScriptedLoadableModuleLogic):
+    """Console entry point: `slicer.util.getModuleLogic('MedDLClassification').process([volume], model)`."""
+
+    def getParameterNode(self):
+        return MedDLClassificationParameterNode(super().getParameterNode())
+
+    def start(self, volumes, model: str, device: str = "auto", outputTable=None, saliencyClass: Optional[str] = None,
+              computeSaliency: bool = False, roi=None) -> ClassificationJob:
+        """Start a background job; poll it (or wait) and call finish() to get the table node."""
+        return ClassificationJob(slicer.mrmlScene, list(volumes), model, device, outputTable, saliencyClass,
+                                 computeSaliency, roi)
+
+    def process(self, volumes, model: str, device: str = "auto", outputTable=None, computeSaliency: bool = False,
+                timeout: Optional[float] = None):
+        """Classify and wait (scripts and tests); returns the table node and the job (for its saliency nodes)."""
+        job = self.start(volumes, model, device, outputTable, None, computeSaliency)
+        if job.wait(timeout) is JobState.RUNNING:
+            job.cancel()
+            raise TimeoutError(f"classification did not finish in {timeout} s")
+        logging.info("MedDL classification finished: %s", job.engine.message)
+        return job.finish(), job
+
+
+class MedDLClassificationTest(ScriptedLoadableModuleTest):
+    """Self-test inside Slicer: a small classifier built here, real sample data, table and saliency."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_table_and_saliency()
+
+    def _classifier(self) -> str:
+        import json
+        import tempfile
+        from pathlib import Path
+
+        import torch
+        from meddl.models.networks import build_monai_network
+        from meddl.training.classifier import network_spec
+
+        folder = Path(tempfile.mkdtemp(prefix="meddl-selftest-"))
+        network, layer = network_spec("densenet", 3, 1, 2)
+        torch.save(build_monai_network(network, "self-test").state_dict(), folder / "model.pt")
+        card = {"name": "self-test", "task": "classification", "license": "MIT",
+                "input": {"channels": 1, "size": [32, 32, 32], "intensity": {"method": "zscore"}},
+                "labels": [{"value": 0, "name": "a"}, {"value": 1, "name": "b"}], "network": network,
+                "saliency": {"target_layer": layer}}
+        (folder / "model.json").write_text(json.dumps(card))
+        return str(folder / "model.pt")
+
+    def test_table_and_saliency(self):
+        import SampleData
+
+        volume = SampleData.SampleDataLogic().downloadMRHead()
+        table, job = MedDLClassificationLogic().process([volume], self._classifier(), "cpu", computeSaliency=True)
+        self.assertEqual(table.GetNumberOfRows(), 1)
+        self.assertEqual(job.saliency_nodes[0].GetImageData().GetDimensions(), volume.GetImageData().GetDimensions())
+        self.delayDisplay("Classification self-test passed")
