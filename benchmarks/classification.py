@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+import harness
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "MedDLExtension"))
@@ -63,27 +61,7 @@ def _prepare(case: str):
 
 
 def run_case(case: str, repeats: int) -> dict:
-    call = _prepare(case)
-    call()
-    with open("/proc/self/status") as status:
-        baseline = next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"case": case, "seconds": statistics.median(times), "all_seconds": times,
-            "peak_rss_growth_mib": max(peak - baseline, 0) / 1024}
-
-
-def measure(case: str, repeats: int) -> dict:
-    process = subprocess.run([sys.executable, __file__, "--case", case, "--repeats", str(repeats)],
-                             capture_output=True, text=True, check=False)
-    if process.returncode != 0:
-        raise RuntimeError(f"case {case} failed:\n{process.stderr[-3000:]}")
-    return json.loads(process.stdout.strip().splitlines()[-1])
-
+    return harness.time_call(case, _prepare(case), repeats)
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -93,7 +71,7 @@ def main() -> int:
     if args.case:
         print(json.dumps(run_case(args.case, args.repeats)))
         return 0
-    cases = {case: measure(case, args.repeats) for case in ("monai", "meddl", "gradcam")}
+    cases = {case: harness.measure(__file__, case, args.repeats) for case in ("monai", "meddl", "gradcam")}
     ratio = cases["meddl"]["seconds"] / cases["monai"]["seconds"]
     memory = cases["meddl"]["peak_rss_growth_mib"] / max(cases["monai"]["peak_rss_growth_mib"], 1.0)
     report = {"settings": {"count": COUNT, "size": SIZE, "batch": BATCH, "network": NETWORK}, "cases": cases,
@@ -108,12 +86,7 @@ def main() -> int:
         f"{cases['meddl']['peak_rss_growth_mib']:.0f} MiB | {memory:.2f} |",
         f"| one Grad-CAM map ({SIZE}^3) | | {cases['gradcam']['seconds']:.2f} s | |",
         "", "CPU only, median of 3 runs after a warm-up, each case in its own process."])
-    readme = ROOT / "README.md"
-    start, end = "<!-- benchmark:classification:start -->", "<!-- benchmark:classification:end -->"
-    text = readme.read_text()
-    if start in text:
-        before, rest = text.split(start, 1)
-        readme.write_text(before + start + "\n" + table + "\n" + end + rest.split(end, 1)[1])
+    harness.update_readme("classification", table)
     print(table)
     return 0 if report["meets_target"] else 1
 

@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+import harness
+from harness import time_call
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "MedDLExtension"))
@@ -30,10 +29,6 @@ ROI, OVERLAP, SW_BATCH = (96, 96, 96), 0.25, 2
 UNET = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [16, 32, 64, 128], "strides": [2, 2, 2],
         "num_res_units": 1}
 
-
-def _rss_now_kib() -> int:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
 
 
 def _unet():
@@ -117,27 +112,10 @@ def _prepare(case: str):
 
 
 def run_case(case: str, repeats: int) -> dict:
-    """Inside the subprocess: warm up, then time `repeats` calls; peak RSS growth over the prepared state."""
-    call = _prepare(case)
-    call()  # warm-up: lazy imports, allocator pools, TorchScript profiling runs
-    baseline = _rss_now_kib()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"case": case, "seconds": statistics.median(times), "all_seconds": times,
-            "peak_rss_growth_mib": max(peak - baseline, 0) / 1024, "peak_rss_mib": peak / 1024}
-
+    return time_call(case, _prepare(case), repeats)
 
 def measure(case: str, repeats: int) -> dict:
-    process = subprocess.run([sys.executable, __file__, "--case", case, "--repeats", str(repeats)],
-                             capture_output=True, text=True, check=False)
-    if process.returncode != 0:
-        raise RuntimeError(f"benchmark case {case} failed:\n{process.stderr[-3000:]}")
-    return json.loads(process.stdout.strip().splitlines()[-1])
-
+    return harness.measure(__file__, case, repeats)
 
 PAIRS = [
     ("UNet, 256x256x128 synthetic", "unet-monai:synthetic", "unet-meddl:synthetic", 1.10, 1.5),
@@ -189,14 +167,6 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def update_readme(table: str) -> None:
-    readme = ROOT / "README.md"
-    start, end = "<!-- benchmark:segmentation:start -->", "<!-- benchmark:segmentation:end -->"
-    text = readme.read_text()
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        readme.write_text(before + start + "\n" + table + "\n" + end + rest.split(end, 1)[1])
-
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -209,7 +179,7 @@ def main() -> int:
     report = run_all(args.repeats)
     RESULTS.write_text(json.dumps(report, indent=1))
     table = markdown_table(report)
-    update_readme(table)
+    harness.update_readme("segmentation", table)
     print(table)
     return 0 if all(row["meets_targets"] for row in report["pairs"]) else 1
 

@@ -7,13 +7,10 @@ from typing import Annotated, Optional
 
 import ctk
 import slicer
-import vtk
 from MedDLLib.classification_job import ClassificationJob
 from MedDLLib.dependencies import ensure_dependencies
-from MedDLLib.jobs import JobState, shut_down_workers
-from MedDLLib.model_library import slicer_models_dir, use_models_dir
-from MedDLWidgets.job_runner import JobRunner
-from MedDLWidgets.model_library_panel import ModelLibraryPanel
+from MedDLLib.jobs import JobState
+from MedDLWidgets.module_widget import MedDLWidgetMixin
 from slicer import vtkMRMLMarkupsROINode, vtkMRMLTableNode
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
@@ -55,16 +52,13 @@ class MedDLClassificationParameterNode:
     outputTable: vtkMRMLTableNode
 
 
-class MedDLClassificationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class MedDLClassificationWidget(MedDLWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The panel: inputs, model library, options, Apply/Cancel; all work happens in the logic's job."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self.runner = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -73,67 +67,17 @@ class MedDLClassificationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = MedDLClassificationLogic()
-        use_models_dir(slicer_models_dir(slicer.app.slicerUserSettingsFilePath))
-        self.library = ModelLibraryPanel(self.ui, "classification", self.onModelSelected,
-                                         lambda job, title, done: self.runner.start(job, title, lambda _j: done()))
         self.ui.modelPathLineEdit.filters = ctk.ctkPathLineEdit.Files
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.inputVolumesSelector.connect("checkedNodesChanged()", self._checkCanApply)
-        self.runner = JobRunner(self.ui.progressBar, self.ui.statusLabel, self.ui.cancelButton,
-                                lambda running: self._checkCanApply())
-        self.initializeParameterNode()
-        self.library.refresh(self._parameterNode.model)
-
-    def cleanup(self) -> None:
-        if self.runner:
-            self.runner.cancel()
-        shut_down_workers()
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        if self.runner:
-            self.runner.cancel()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-
-    def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self._checkCanApply()
+        self.setupMedDL("classification")
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         hasModel = bool(self._parameterNode and (self._parameterNode.model or self.ui.modelPathLineEdit.currentPath))
-        ready = bool(self.ui.inputVolumesSelector.checkedNodes()) and hasModel and not (
-            self.runner and self.runner.running)
+        ready = bool(self.ui.inputVolumesSelector.checkedNodes()) and hasModel and not self.isRunning()
         self.ui.applyButton.enabled = ready
         self.ui.applyButton.toolTip = _("Classify the checked volumes") if ready else _(
             "Check at least one volume and choose a model")
-
-    def onModelSelected(self, modelId: str) -> None:
-        if self._parameterNode:
-            self._parameterNode.model = modelId
 
     def onApplyButton(self) -> None:
         if not ensure_dependencies(lambda message: slicer.util.confirmOkCancelDisplay(message)):

@@ -7,14 +7,11 @@ from typing import Annotated, Optional
 
 import ctk
 import slicer
-import vtk
 from meddl.models import catalog
 from MedDLLib.dependencies import ensure_dependencies
-from MedDLLib.jobs import EngineJob, JobState, shut_down_workers
-from MedDLLib.model_library import slicer_models_dir, use_models_dir
+from MedDLLib.jobs import JobState
 from MedDLLib.segmentation_job import SegmentationJob
-from MedDLWidgets.job_runner import JobRunner
-from MedDLWidgets.model_library_panel import ModelLibraryPanel
+from MedDLWidgets.module_widget import MedDLWidgetMixin
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
@@ -56,16 +53,13 @@ class MedDLSegmentationParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode
 
 
-class MedDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class MedDLSegmentationWidget(MedDLWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The panel: selectors, Apply/Cancel, progress; all work happens in the logic's job."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self.runner = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -74,65 +68,18 @@ class MedDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = MedDLSegmentationLogic()
-        use_models_dir(slicer_models_dir(slicer.app.slicerUserSettingsFilePath))
-        self.library = ModelLibraryPanel(self.ui, "segmentation", self.onModelSelected, self.runEngineJob)
         self.ui.modelPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs | ctk.ctkPathLineEdit.Files
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.runner = JobRunner(self.ui.progressBar, self.ui.statusLabel, self.ui.cancelButton,
-                                lambda running: self._checkCanApply())
-        self.initializeParameterNode()
-        self.library.refresh(self._parameterNode.model)
+        self.setupMedDL("segmentation")
 
-    def cleanup(self) -> None:
-        if self.runner:
-            self.runner.cancel()
-        shut_down_workers()
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        if self.runner:
-            self.runner.cancel()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
+    def _setDefaults(self) -> None:
         if not self._parameterNode.inputVolume:
             self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
 
-    def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self._checkCanApply()
-
     def _checkCanApply(self, caller=None, event=None) -> None:
-        ready = bool(self._parameterNode and self._parameterNode.inputVolume) and not (self.runner and
-                                                                                     self.runner.running)
+        ready = bool(self._parameterNode and self._parameterNode.inputVolume) and not self.isRunning()
         self.ui.applyButton.enabled = ready
         self.ui.applyButton.toolTip = _("Segment the input volume") if ready else _("Select an input volume")
-
-    def onModelSelected(self, model_id: str) -> None:
-        if self._parameterNode:
-            self._parameterNode.model = model_id
 
     def onApplyButton(self) -> None:
         if not ensure_dependencies(lambda message: slicer.util.confirmOkCancelDisplay(message)):
@@ -146,10 +93,6 @@ class MedDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             slicer.util.errorDisplay(_("Cannot start segmentation: {error}").format(error=error))
             return
         self.runner.start(job, _("Segmenting..."), self._applySegmentation)
-
-    def runEngineJob(self, job: EngineJob, title: str, onSuccess) -> None:
-        """Run a model-library job with the same progress bar and Cancel button."""
-        self.runner.start(job, title, lambda _job: onSuccess())
 
     def _applySegmentation(self, job: SegmentationJob) -> None:
         segmentationNode = job.finish()  # raises with the worker's message if it failed

@@ -130,8 +130,9 @@ def test_ui_loads_and_holds_every_widget_the_code_uses(qt_application, module):
     assert widget is not None
     names = {child.objectName() for child in widget.findChildren(QWidget)}
     used = set(re.findall(r"self\.ui\.(\w+)", (EXTENSION / module / f"{module}.py").read_text()))
-    if "ModelLibraryPanel" in (EXTENSION / module / f"{module}.py").read_text():  # the shared library panel
-        used |= set(re.findall(r"\bui\.(\w+)", (EXTENSION / "MedDLWidgets" / "model_library_panel.py").read_text()))
+    if "MedDLWidgetMixin" in (EXTENSION / module / f"{module}.py").read_text():  # the shared widgets
+        for shared in (EXTENSION / "MedDLWidgets").glob("*.py"):
+            used |= set(re.findall(r"\bui\.(\w+)", shared.read_text()))
     assert used and used <= names, f"widgets used but missing from {ui_path.name}: {used - names}"
     # every parameter-node field is bound to a widget through SlicerParameterName
     source = (EXTENSION / module / f"{module}.py").read_text()

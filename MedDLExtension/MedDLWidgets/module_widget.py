@@ -1,0 +1,84 @@
+"""What every MedDL module widget shares: the parameter-node lifecycle of Slicer's template, the
+model library panel and the job runner, written once."""
+
+from __future__ import annotations
+
+import slicer
+import vtk
+from MedDLLib.jobs import shut_down_workers
+from MedDLLib.model_library import slicer_models_dir, use_models_dir
+
+from .job_runner import JobRunner
+from .model_library_panel import ModelLibraryPanel
+
+
+class MedDLWidgetMixin:
+    """Mixed into a ScriptedLoadableModuleWidget that is also a VTKObservationMixin.
+
+    The module sets `self.ui` and `self.logic`, defines `_checkCanApply()`, calls
+    `setupMedDL(task)` in `setup()`, and may override `_setDefaults()`.
+    """
+
+    _parameterNode = None
+    _parameterNodeGuiTag = None
+    runner = None
+    library = None
+
+    def setupMedDL(self, task: str) -> None:
+        use_models_dir(slicer_models_dir(slicer.app.slicerUserSettingsFilePath))
+        self.library = ModelLibraryPanel(self.ui, task, self.onModelSelected,
+                                         lambda job, title, done: self.runner.start(job, title, lambda _j: done()))
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.runner = JobRunner(self.ui.progressBar, self.ui.statusLabel, self.ui.cancelButton,
+                                lambda running: self._checkCanApply())
+        self.initializeParameterNode()
+        self.library.refresh(self._parameterNode.model)
+
+    def isRunning(self) -> bool:
+        return bool(self.runner and self.runner.running)
+
+    def onModelSelected(self, modelId: str) -> None:
+        if self._parameterNode:
+            self._parameterNode.model = modelId
+
+    def cleanup(self) -> None:
+        if self.runner:
+            self.runner.cancel()
+        shut_down_workers()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self.runner:
+            self.runner.cancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        self._setDefaults()
+
+    def _setDefaults(self) -> None:
+        """Fill empty parameters from the scene (override where useful)."""
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._checkCanApply()

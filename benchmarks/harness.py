@@ -1,0 +1,52 @@
+"""Shared benchmark plumbing: run each case in a fresh subprocess, time it, measure its peak memory."""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rss_now_kib() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
+
+
+def time_call(case: str, call: Callable[[], object], repeats: int) -> dict:
+    """Inside the subprocess: one warm-up, then the median of `repeats` runs and the peak RSS growth."""
+    call()
+    baseline = rss_now_kib()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"case": case, "seconds": statistics.median(times), "all_seconds": times,
+            "peak_rss_growth_mib": max(peak - baseline, 0) / 1024, "peak_rss_mib": peak / 1024}
+
+
+def measure(script: str, case: str, repeats: int) -> dict:
+    """Run `script --case CASE` in a new interpreter and return the JSON it prints last."""
+    process = subprocess.run([sys.executable, script, "--case", case, "--repeats", str(repeats)],
+                             capture_output=True, text=True, check=False)
+    if process.returncode != 0:
+        raise RuntimeError(f"benchmark case {case} failed:\n{process.stderr[-3000:]}")
+    return json.loads(process.stdout.strip().splitlines()[-1])
+
+
+def update_readme(name: str, table: str) -> None:
+    """Replace the README's table between <!-- benchmark:NAME:start --> and its end marker."""
+    readme = ROOT / "README.md"
+    start, end = f"<!-- benchmark:{name}:start -->", f"<!-- benchmark:{name}:end -->"
+    text = readme.read_text()
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        readme.write_text(before + start + "\n" + table + "\n" + end + rest.split(end, 1)[1])
