@@ -67,8 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_segment(commands)
     _add_models(commands)
     from .classify_cli import add_commands
+    from .train_cli import add_command
 
     add_commands(commands, _add_progress)
+    add_command(commands, _add_progress)
     commands.add_parser("worker", help="serve jobs from JSON lines on stdin (Slicer's background worker)")
     return parser
 
@@ -102,8 +104,14 @@ def _run_train_classifier(args: argparse.Namespace, progress) -> dict:
     return run_train(args, progress)
 
 
+def _run_train(args: argparse.Namespace, progress) -> dict:
+    from .train_cli import run_train
+
+    return run_train(args, progress)
+
+
 COMMANDS = {"segment": _run_segment, "models": _run_models, "classify": _run_classify,
-            "train-classifier": _run_train_classifier}
+            "train-classifier": _run_train_classifier, "train": _run_train}
 
 
 def execute(args: argparse.Namespace, progress) -> dict:

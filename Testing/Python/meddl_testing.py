@@ -163,3 +163,25 @@ def mni_tissue_patches(mni: dict, slices: tuple[int, int], per_class: int, radiu
             images.append(Image(patch))
             labels.append(label)
     return images, labels
+
+
+def mni_tissue_slabs(mni: dict, train_slices: tuple[int, int], val_slices: tuple[int, int]):
+    """The MNI T1 at 2 mm with labels 1 = grey, 2 = white matter (probability > 0.5, the larger wins),
+    cut into a training slab and a validation slab of axial slices that do not overlap."""
+    from meddl.io import read_image
+    from meddl.sample_data import tissue_probability
+
+    t1, gm, wm = (read_image(mni[key]) for key in ("t1", "gm", "wm"))
+    grey, white = tissue_probability(gm.array), tissue_probability(wm.array)
+    labels = np.zeros(t1.shape, np.uint8)
+    labels[(grey > 0.5) & (grey >= white)] = 1
+    labels[(white > 0.5) & (white > grey)] = 2
+
+    def half(array):
+        return Image(np.ascontiguousarray(array[::2, ::2, ::2]), tuple(2 * s for s in t1.spacing), t1.origin,
+                     t1.direction)
+
+    image, label = half(t1.array.astype(np.float32)), half(labels)
+    rest = image.shape[1:]
+    return [(volume.crop((a, 0, 0), (b, *rest)) for volume in (image, label))
+            for a, b in (train_slices, val_slices)]

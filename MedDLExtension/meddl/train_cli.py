@@ -1,0 +1,53 @@
+"""`meddl train`: a segmentation model from image and label files, written as a MONAI bundle."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .errors import InputError
+from .io import read_image
+
+
+def add_command(commands: argparse._SubParsersAction, add_progress) -> None:
+    train = commands.add_parser("train", help="train (or fine-tune) a segmentation model into a MONAI bundle")
+    train.add_argument("--images", nargs="+", required=True, help="training images")
+    train.add_argument("--labels", nargs="+", required=True, help="their label maps, in the same order")
+    train.add_argument("--label-names", required=True, help="label values and names, e.g. '1:Liver,2:Spleen'")
+    train.add_argument("--out", required=True, help="new bundle folder")
+    train.add_argument("--val-images", nargs="*", default=[], help="validation images (Dice goes into the card)")
+    train.add_argument("--val-labels", nargs="*", default=[])
+    train.add_argument("--epochs", type=int, default=20)
+    train.add_argument("--steps-per-epoch", type=int, default=20)
+    train.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
+    train.add_argument("--patch-size", default="48,48,48")
+    train.add_argument("--batch-size", type=int, default=2)
+    train.add_argument("--init-from", default=None, help="fine-tune from this bundle or model")
+    train.add_argument("--device", default="auto")
+    add_progress(train)
+
+
+def _names(text: str) -> dict[int, str]:
+    try:
+        return {int(value): name.strip() for value, name in (item.split(":", 1) for item in text.split(","))}
+    except ValueError:
+        raise InputError("--label-names must look like '1:Liver,2:Spleen'") from None
+
+
+def _pairs(images: list[str], labels: list[str]) -> list:
+    if len(images) != len(labels):
+        raise InputError(f"{len(images)} images but {len(labels)} label maps")
+    return [(read_image(image), read_image(label)) for image, label in zip(images, labels)]
+
+
+def run_train(args: argparse.Namespace, progress) -> dict:
+    from .training.segmentation import SegmentationTrainingSettings, train_segmentation
+
+    settings = SegmentationTrainingSettings(
+        patch_size=tuple(int(n) for n in args.patch_size.split(",")), epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch, time_budget_s=args.time_budget, batch_size=args.batch_size,
+        device=args.device, init_from=args.init_from)
+    result = train_segmentation(_pairs(args.images, args.labels), _names(args.label_names), Path(args.out), settings,
+                                _pairs(args.val_images, args.val_labels) or None, progress,
+                                data_description=f"{len(args.images)} image(s) given to meddl train")
+    return {"outputs": {"bundle": str(result.folder)}, "validation_dice": result.validation_dice}

@@ -1,0 +1,62 @@
+"""Writing a trained network as a MONAI bundle (Model Zoo layout) with MedDL's card, whole or not at all."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..errors import OutputError
+from ..models.bundle import MEDDL_CARD
+
+
+def bundle_configs(card: dict) -> tuple[dict, dict]:
+    """metadata.json and inference.json in the Zoo's shape, with no executable expressions."""
+    labels = {"0": "background", **{str(label["value"]): label["name"] for label in card["labels"]}}
+    metadata = {
+        "name": card["name"], "version": "0.1.0", "license": card["license"],
+        "description": card.get("provenance", ""), "task": card["task"],
+        "changelog": {"0.1.0": f"trained by MedDL on {datetime.date.today().isoformat()}"},
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "format": "magnitude", "num_channels": card["input"]["channels"],
+                                 "spatial_shape": card["inference"]["roi_size"], "dtype": "float32",
+                                 "is_patch_data": True}},
+            "outputs": {"pred": {"type": "image", "format": "segmentation",
+                                 "num_channels": card["network"]["args"]["out_channels"],
+                                 "spatial_shape": card["inference"]["roi_size"], "dtype": "float32",
+                                 "is_patch_data": True, "channel_def": labels}}},
+    }
+    inference = {
+        "network_def": {"_target_": card["network"]["class"], **card["network"]["args"]},
+        "preprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "LoadImaged", "keys": "image"}, {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "NormalizeIntensityd", "keys": "image"}]},
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": card["inference"]["roi_size"],
+                    "sw_batch_size": card["inference"]["sw_batch_size"], "overlap": card["inference"]["overlap"]},
+        "postprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True}]},
+    }
+    return metadata, inference
+
+
+def write_bundle(out: Path, network: torch.nn.Module, card: dict) -> Path:
+    metadata, inference = bundle_configs(card)
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        (staging / "configs").mkdir(parents=True)
+        (staging / "models").mkdir()
+        (staging / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=1))
+        (staging / "configs" / "inference.json").write_text(json.dumps(inference, indent=1))
+        (staging / MEDDL_CARD).write_text(json.dumps(card, indent=1))
+        torch.save(network.state_dict(), staging / "models" / "model.pt")
+        if out.exists():
+            out.rmdir()
+        staging.replace(out)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OutputError(f"cannot write the bundle to {out}: {error}") from None
+    return out
