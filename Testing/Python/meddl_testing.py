@@ -183,5 +183,5 @@ def mni_tissue_slabs(mni: dict, train_slices: tuple[int, int], val_slices: tuple
 
     image, label = half(t1.array.astype(np.float32)), half(labels)
     rest = image.shape[1:]
-    return [(volume.crop((a, 0, 0), (b, *rest)) for volume in (image, label))
+    return [tuple(volume.crop((a, 0, 0), (b, *rest)) for volume in (image, label))
             for a, b in (train_slices, val_slices)]

@@ -20,7 +20,7 @@ SETTINGS = dict(patch_size=(32, 32, 32), steps_per_epoch=10, batch_size=4)
 @pytest.fixture(scope="module")
 def slabs(mni):
     train, val = mni_tissue_slabs(mni, (0, 45), (55, 95))
-    return [tuple(train)], [tuple(val)]
+    return [train], [val]
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,12 @@ def trained(slabs, tmp_path_factory):
                               SegmentationTrainingSettings(epochs=40, **SETTINGS), val, data_description="MNI slabs")
 
 
-def test_reaches_stated_dice_on_a_part_no_training_patch_touched(trained):
+def test_reaches_stated_dice_on_a_part_no_training_patch_touched(trained, slabs):
+    (train_image, _), = slabs[0]
+    (val_image, _), = slabs[1]
+    train_top = (train_image.index_to_lps() @ [0, 0, train_image.shape[0] - 1, 1])[2]
+    val_bottom = (val_image.index_to_lps() @ [0, 0, 0, 1])[2]
+    assert val_bottom - train_top >= 10 * train_image.spacing[2]  # the slabs are apart: a gap of 10 slices
     assert min(trained.validation_dice.values()) >= STATED_DICE
 
 
@@ -87,3 +92,4 @@ def test_command_line(slabs, tmp_path):
                  str(tmp_path / "bundle"), "--progress", "none"]) == 0
     assert main(["train", "--images", str(tmp_path / "image.nii.gz"), "--labels", str(tmp_path / "label.nii.gz"),
                  "--label-names", "1:grey matter", "--out", str(tmp_path / "b2"), "--progress", "none"]) == 3
+
