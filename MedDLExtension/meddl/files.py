@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,3 +36,21 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
+
+
+@contextlib.contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """Yield a new folder beside `out`; it becomes `out` (which must be absent or empty) only on success."""
+    out = Path(out)
+    staging = out.with_name(f".{out.name}.partial")
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        yield staging
+        if out.exists():
+            out.rmdir()
+        staging.replace(out)
+    except OSError as error:
+        raise OutputError(f"cannot write {out}: {error}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import datetime
 import json
-import shutil
 from pathlib import Path
 
 import torch
 
-from ..errors import OutputError
+from ..files import staged_folder
 from ..models.bundle import MEDDL_CARD
 
 
@@ -44,19 +43,11 @@ def bundle_configs(card: dict) -> tuple[dict, dict]:
 
 def write_bundle(out: Path, network: torch.nn.Module, card: dict) -> Path:
     metadata, inference = bundle_configs(card)
-    staging = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        (staging / "configs").mkdir(parents=True)
+    with staged_folder(out) as staging:
+        (staging / "configs").mkdir()
         (staging / "models").mkdir()
         (staging / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=1))
         (staging / "configs" / "inference.json").write_text(json.dumps(inference, indent=1))
         (staging / MEDDL_CARD).write_text(json.dumps(card, indent=1))
         torch.save(network.state_dict(), staging / "models" / "model.pt")
-        if out.exists():
-            out.rmdir()
-        staging.replace(out)
-    except OSError as error:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise OutputError(f"cannot write the bundle to {out}: {error}") from None
     return out

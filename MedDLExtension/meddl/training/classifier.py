@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import datetime
 import json
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, OutputError
+from ..files import staged_folder
 from ..image import Image
 from ..models.card import card_from_dict
 from ..models.networks import build_monai_network
@@ -203,10 +203,7 @@ def train_classifier(images: Sequence[Image], labels: Sequence[int], classes: Se
 
 
 def _write(out: Path, state: dict, card: dict, report: dict) -> None:
-    staging = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        staging.mkdir(parents=True)
+    with staged_folder(out) as staging:
         torch.save(state, staging / "model.pt")
         (staging / "model.json").write_text(json.dumps(card, indent=1))
         (staging / "metrics.json").write_text(json.dumps(report, indent=1))
@@ -214,9 +211,3 @@ def _write(out: Path, state: dict, card: dict, report: dict) -> None:
         rows = ["true\\predicted," + ",".join(report["classes"])]
         rows += [f"{name}," + ",".join(str(v) for v in row) for name, row in zip(report["classes"], matrix)]
         (staging / "confusion_matrix.csv").write_text("\n".join(rows) + "\n")
-        if out.exists():
-            out.rmdir()
-        staging.replace(out)
-    except OSError as error:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise OutputError(f"cannot write the trained model to {out}: {error}") from None
