@@ -43,9 +43,18 @@ def classifier_model(model: str | Path | LoadedModel, trust: bool = False) -> Lo
     return loaded
 
 
+def resize_spatial(tensor: torch.Tensor, size: tuple[int, ...], spatial_dims: int) -> torch.Tensor:
+    """Resize the spatial axes of a (C, [D,] H, W) tensor: bilinear in 2D, trilinear in 3D."""
+    from .inference.preprocess import resize
+
+    if spatial_dims == 3:
+        return resize(tensor, size, "trilinear")
+    return torch.nn.functional.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
 def prepare(image: Image, card: ModelCard) -> torch.Tensor:
     """Image -> (C, [D,] H, W) float tensor at the card's input size, normalised per channel."""
-    from .inference.preprocess import finite, normalise, resize
+    from .inference.preprocess import finite, normalise
 
     check_volume(image, channels=card.channels)
     array = image.array.astype(np.float32, copy=False)
@@ -56,12 +65,7 @@ def prepare(image: Image, card: ModelCard) -> torch.Tensor:
         if tensor.shape[1] != 1:
             raise InputError(f"the 2D classifier {card.name} needs a single-slice image, not {tensor.shape[1]} slices")
         tensor = tensor[:, 0]
-        if card.input_size:
-            tensor = torch.nn.functional.interpolate(tensor[None], size=card.input_size, mode="bilinear",
-                                                     align_corners=False)[0]
-    elif card.input_size:
-        tensor = resize(tensor, card.input_size, "trilinear")
-    return tensor
+    return resize_spatial(tensor, card.input_size, card.spatial_dims) if card.input_size else tensor
 
 
 def classify(images: Sequence[Image], model: str | Path | LoadedModel, device: str = "auto",
@@ -92,8 +96,6 @@ def saliency(image: Image, model: str | Path | LoadedModel, class_name: Optional
     """Grad-CAM map for one class (the predicted one by default), on the input image's grid."""
     from monai.visualize import GradCAM
 
-    from .inference.preprocess import resize
-
     loaded = classifier_model(model, trust_model)
     card = loaded.card
     if not card.saliency_layer:
@@ -109,7 +111,6 @@ def saliency(image: Image, model: str | Path | LoadedModel, class_name: Optional
     with torch.enable_grad():
         heat = cam(x=tensor, class_idx=index).detach().float()[0]  # (1, [D,] H, W), normalised to 0..1
     spatial = image.shape if card.spatial_dims == 3 else image.shape[1:]
-    heat = resize(heat, spatial, "trilinear") if card.spatial_dims == 3 else torch.nn.functional.interpolate(
-        heat[None], size=spatial, mode="bilinear", align_corners=False)[0]
+    heat = resize_spatial(heat, spatial, card.spatial_dims)
     array = heat[0].cpu().numpy().reshape(image.shape).astype(np.float32)
     return image.with_array(array)

@@ -40,20 +40,20 @@ def add_commands(commands: argparse._SubParsersAction, add_progress) -> None:
 
 
 def run_classify(args: argparse.Namespace, progress) -> dict:
-    from .classify import classify, saliency
+    from .classify import classifier_model, classify, saliency
 
     output = Path(args.csv)
     check_writable(output)
     images = [read_image(path, allow_2d=True) for path in args.inputs]
-    results = classify(images, args.model, args.device, args.inputs, progress=progress, trust_model=args.trust_model)
+    model = classifier_model(args.model, args.trust_model)  # loaded once for every image and map
+    results = classify(images, model, args.device, args.inputs, progress=progress)
     maps = []
     if args.saliency:
         folder = Path(args.saliency)
         folder.mkdir(parents=True, exist_ok=True)
         for path, image, result in zip(args.inputs, images, results):
             target = folder / (Path(path).name.split(".")[0] + "_saliency.nii.gz")
-            write_image(saliency(image, args.model, args.class_name or result.predicted, args.device,
-                                 args.trust_model), target)
+            write_image(saliency(image, model, args.class_name or result.predicted, args.device), target)
             maps.append(str(target))
     rows = [result.as_row() for result in results]
     text = io.StringIO()

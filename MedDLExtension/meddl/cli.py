@@ -119,6 +119,33 @@ def execute(args: argparse.Namespace, progress) -> dict:
     return COMMANDS[args.command](args, progress)
 
 
+def run_reported(args: argparse.Namespace, progress, protocol: JsonLinesProgress | None) -> int:
+    """Run a parsed command; report the outcome on stderr and, with a protocol, as a done/error event.
+
+    Returns the exit code. The command line and the long-lived worker both report through here.
+    """
+    try:
+        summary = execute(args, progress)
+    except MeddlError as error:
+        return _report_failure(protocol, type(error).__name__, str(error), error.exit_code, f"error: {error}")
+    except KeyboardInterrupt:
+        return _report_failure(protocol, "Interrupted", "interrupted", 130, "interrupted")
+    except Exception as error:  # a bug or an unforeseen failure: still one clear line and a protocol event
+        traceback.print_exc()
+        message = f"unexpected error: {error!r}"
+        return _report_failure(protocol, "InternalError", message, 1, message)
+    if protocol:
+        protocol.emit("done", **summary)
+    return 0
+
+
+def _report_failure(protocol: JsonLinesProgress | None, kind: str, message: str, code: int, line: str) -> int:
+    if protocol:
+        protocol.emit("error", kind=kind, message=message, exit_code=code)
+    print(f"meddl: {line}", file=sys.stderr)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "worker":
@@ -128,22 +155,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode = getattr(args, "progress", "none")
     protocol = JsonLinesProgress() if mode == "json" else None
     progress = protocol or (TerminalProgress() if mode == "bar" else no_progress)
-    try:
-        summary = execute(args, progress)
-    except MeddlError as error:
-        if protocol:
-            protocol.emit("error", kind=type(error).__name__, message=str(error))
-        print(f"meddl: error: {error}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        print("meddl: interrupted", file=sys.stderr)
-        return 130
-    except Exception as error:  # a bug or an unforeseen failure: still one clear line and a protocol event
-        traceback.print_exc()
-        if protocol:
-            protocol.emit("error", kind="InternalError", message=f"unexpected error: {error!r}")
-        print(f"meddl: unexpected error: {error!r}", file=sys.stderr)
-        return 1
-    if protocol:
-        protocol.emit("done", **summary)
-    return 0
+    return run_reported(args, progress, protocol)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .device import select_compute
 from .image import Image
-from .io import read_image, write_image
+from .io import image_suffix, read_image, write_image
 from .models.card import Label, ModelCard
 from .models.catalog import default_model
 from .models.loading import LoadedModel, load_model
@@ -43,11 +43,8 @@ def segment(image: Image, model: str | Path | LoadedModel | None = None, device:
 
 def labels_path_for(output: Path) -> Path:
     """The JSON sidecar that names the labels of a label-map file."""
-    name = output.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nhdr"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
+    suffix = image_suffix(output)
+    name = output.name[: len(output.name) - len(suffix)] if suffix else output.name
     return output.with_name(name + ".labels.json")
 
 

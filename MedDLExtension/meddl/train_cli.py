@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .errors import InputError
 from .io import read_image
+from .models.card import parse_label_names
 
 
 def add_command(commands: argparse._SubParsersAction, add_progress) -> None:
@@ -27,13 +28,6 @@ def add_command(commands: argparse._SubParsersAction, add_progress) -> None:
     add_progress(train)
 
 
-def _names(text: str) -> dict[int, str]:
-    try:
-        return {int(value): name.strip() for value, name in (item.split(":", 1) for item in text.split(","))}
-    except ValueError:
-        raise InputError("--label-names must look like '1:Liver,2:Spleen'") from None
-
-
 def _pairs(images: list[str], labels: list[str]) -> list:
     if len(images) != len(labels):
         raise InputError(f"{len(images)} images but {len(labels)} label maps")
@@ -47,7 +41,8 @@ def run_train(args: argparse.Namespace, progress) -> dict:
         patch_size=tuple(int(n) for n in args.patch_size.split(",")), epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch, time_budget_s=args.time_budget, batch_size=args.batch_size,
         device=args.device, init_from=args.init_from)
-    result = train_segmentation(_pairs(args.images, args.labels), _names(args.label_names), Path(args.out), settings,
+    labels = parse_label_names(args.label_names, InputError)
+    result = train_segmentation(_pairs(args.images, args.labels), labels, Path(args.out), settings,
                                 _pairs(args.val_images, args.val_labels) or None, progress,
                                 data_description=f"{len(args.images)} image(s) given to meddl train")
     return {"outputs": {"bundle": str(result.folder)}, "validation_dice": result.validation_dice}

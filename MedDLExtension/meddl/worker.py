@@ -12,7 +12,6 @@ import contextlib
 import io
 import json
 import sys
-import traceback
 
 from .errors import MeddlError
 from .models import loading
@@ -41,19 +40,17 @@ def _parse(argv: list[str]):
 
 
 def handle(request: dict, protocol: JsonLinesProgress) -> None:
-    """Run one request and emit its done or error event."""
-    from .cli import execute
+    """Run one request and emit its done or error event; one bad job must not take the worker down."""
+    from .cli import run_reported
 
     try:
         args = _parse(list(request["argv"]))
         if args.command == "worker":
             raise ArgumentError("a worker cannot start another worker")
-        protocol.emit("done", **execute(args, protocol))
     except MeddlError as error:
         protocol.emit("error", kind=type(error).__name__, message=str(error), exit_code=error.exit_code)
-    except Exception as error:  # keep serving: one bad job must not take the worker down
-        traceback.print_exc()
-        protocol.emit("error", kind="InternalError", message=f"unexpected error: {error!r}", exit_code=1)
+        return
+    run_reported(args, protocol, protocol)
 
 
 def serve(stdin=None) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import ModelError
 from ..models import catalog
+from ..models.card import parse_label_names
 from . import install, store
 from .overview import model_rows
 
@@ -20,11 +21,7 @@ def _card_fields(args: argparse.Namespace) -> dict:
     fields = {key: getattr(args, key) for key in ("name", "title", "task", "license", "description")}
     fields["input"] = {k: v for k, v in (("channels", args.channels), ("modality", args.modality)) if v is not None}
     if args.labels:
-        try:
-            fields["labels"] = [{"value": int(value), "name": name.strip()}
-                                for value, name in (item.split(":", 1) for item in args.labels.split(","))]
-        except ValueError:
-            raise ModelError("--labels must look like '1:Liver,2:Spleen'") from None
+        fields["labels"] = [{"value": value, "name": name} for value, name in parse_label_names(args.labels).items()]
     if args.roi:
         fields["inference"] = {"roi_size": [int(n) for n in args.roi.split(",")]}
     return {key: value for key, value in fields.items() if value not in (None, {}, "")}

@@ -17,7 +17,7 @@ from ..errors import ModelError
 from ..image import Image
 from ..models import catalog
 from ..models.bundle import MEDDL_CARD, is_bundle
-from ..models.card import REQUIRED_FIELDS
+from ..models.card import missing_fields
 from ..progress import Progress, no_progress, scaled
 from . import store
 from .download import download
@@ -177,15 +177,10 @@ def _merge_card(path: Path, fields: dict, require_complete: bool) -> None:
             card.setdefault("input", {}).update(value)
         elif value not in (None, "", []):
             card[key] = value
-    missing = [name for name in REQUIRED_FIELDS if _get(card, name) in (None, "", [])]
+    missing = missing_fields(card)
     if require_complete and missing:
         raise ModelError(f"the model card is missing {', '.join(missing)}: give them in the import form "
                          "(e.g. --task, --channels, --labels, --license)")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(card, indent=1), encoding="utf-8")
 
-
-def _get(data: dict, dotted: str) -> Any:
-    for key in dotted.split("."):
-        data = data.get(key) if isinstance(data, dict) else None
-    return data

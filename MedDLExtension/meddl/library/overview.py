@@ -38,13 +38,16 @@ def _accuracy(card: dict | None) -> str:
 
 def _catalog_row(model_id: str) -> ModelRow:
     entry = catalog.get_entry(model_id)
-    installed = store.installed(model_id)
     timing = entry.get("timing", {})
-    size = store.folder_size(installed.folder) if installed else entry.get("size_bytes")
-    if "python_package" in entry["source"] and catalog.is_installed(model_id):
+    ready = catalog.is_installed(model_id)
+    if not ready:
+        size = entry.get("size_bytes")
+    elif "python_package" in entry["source"]:
         size = sum(path.stat().st_size for path in catalog.entry_files(model_id).values())
+    else:
+        size = store.folder_size(store.installed(model_id).folder)
     return ModelRow(model_id, entry["title"], entry["task"], entry.get("modality", ""), entry.get("body_part", ""),
-                    entry["license"], entry.get("description", ""), catalog.is_installed(model_id), size,
+                    entry["license"], entry.get("description", ""), ready, size,
                     _accuracy(entry.get("card")), timing.get("cpu_seconds"), timing.get("gpu_seconds"), "catalog")
 
 

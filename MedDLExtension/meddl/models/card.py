@@ -80,6 +80,19 @@ def _get(data: dict[str, Any], dotted: str) -> Any:
     return value
 
 
+def missing_fields(data: dict[str, Any]) -> list[str]:
+    """The required card fields that a card dictionary lacks or leaves empty."""
+    return [name for name in REQUIRED_FIELDS if _get(data, name) in (None, "", [])]
+
+
+def parse_label_names(text: str, error: type[Exception] = ModelError) -> dict[int, str]:
+    """'1:Liver,2:Spleen' -> {1: 'Liver', 2: 'Spleen'}; `error` is raised for anything else."""
+    try:
+        return {int(value): name.strip() for value, name in (item.split(":", 1) for item in text.split(","))}
+    except ValueError:
+        raise error(f"label names must look like '1:Liver,2:Spleen', not {text!r}") from None
+
+
 def _parse_color(value: Any, index: int) -> tuple[float, float, float]:
     if value is None:
         return DEFAULT_COLORS[index % len(DEFAULT_COLORS)]
@@ -112,7 +125,7 @@ def card_from_dict(data: dict[str, Any], source: str = "model card") -> ModelCar
     """Validate a card dictionary; every problem names the missing or wrong field."""
     if not isinstance(data, dict):
         raise ModelError(f"{source} must be a JSON object")
-    missing = [name for name in REQUIRED_FIELDS if _get(data, name) in (None, "", [])]
+    missing = missing_fields(data)
     if missing:
         raise ModelError(f"{source} is missing required field(s): {', '.join(missing)}")
     task = data["task"]

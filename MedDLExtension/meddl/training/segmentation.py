@@ -20,7 +20,7 @@ from ..errors import InputError, OutputError
 from ..image import Image
 from ..models.card import card_from_dict
 from ..models.loading import LoadedModel, load_model
-from ..models.networks import build_monai_network
+from ..models.networks import build_monai_network, load_weights
 from ..progress import Progress, no_progress
 from .bundle_writer import write_bundle
 
@@ -145,7 +145,8 @@ def train_segmentation(pairs: Sequence[tuple[Image, Image]], labels: dict[int, s
     card = _card(labels, settings, out.name)
     network = build_monai_network(card["network"], "training")
     if settings.init_from:
-        network.load_state_dict(load_model(settings.init_from).networks["network"].state_dict())
+        start = load_model(settings.init_from).networks["network"].state_dict()
+        network = load_weights(network, start, Path(settings.init_from))
     device = select_compute(settings.device).device
     network.to(device)
     optimiser = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate)

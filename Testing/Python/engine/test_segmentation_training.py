@@ -93,3 +93,12 @@ def test_command_line(slabs, tmp_path):
     assert main(["train", "--images", str(tmp_path / "image.nii.gz"), "--labels", str(tmp_path / "label.nii.gz"),
                  "--label-names", "1:grey matter", "--out", str(tmp_path / "b2"), "--progress", "none"]) == 3
 
+
+
+def test_fine_tuning_from_a_model_of_another_shape_is_a_clear_model_error(trained, tmp_path):
+    from meddl.errors import ModelError
+
+    with pytest.raises(ModelError, match="do not match the network UNet"):
+        train_segmentation([_pair()], {1: "one label only"}, tmp_path / "mismatch",
+                           SegmentationTrainingSettings(init_from=str(trained.folder), **SETTINGS))
+    assert not (tmp_path / "mismatch").exists()
