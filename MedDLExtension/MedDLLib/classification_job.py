@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import csv
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -13,7 +10,7 @@ from meddl.errors import InputError
 from meddl.image import Image, check_volume
 from meddl.io import read_image, write_image
 
-from .jobs import EngineJob, JobFailed, JobState
+from .jobs import EngineJob, FolderJob
 from .segmentations import place_beside_in_hierarchy
 from .tables import fill_table_node
 from .volumes import image_from_volume_node, volume_node_from_image
@@ -35,7 +32,7 @@ def roi_box(image: Image, roi_node) -> tuple[tuple[int, int, int], tuple[int, in
     return tuple(low[::-1].tolist()), tuple(high[::-1].tolist())
 
 
-class ClassificationJob:
+class ClassificationJob(FolderJob):
     """Exports the (ROI-cropped) inputs, runs `meddl classify`, and applies the results only on success."""
 
     def __init__(self, scene, volumes: list, model: str, device: str = "auto", table_node=None,
@@ -43,8 +40,7 @@ class ClassificationJob:
         if not volumes:
             raise InputError("choose at least one volume to classify")
         self.scene, self.volumes, self.table_node = scene, list(volumes), table_node
-        self.with_saliency = with_saliency
-        self.folder = Path(tempfile.mkdtemp(prefix="meddl-classify-"))
+        super().__init__("meddl-classify-")
         self.boxes: list[Any] = []
         paths = []
         try:
@@ -56,7 +52,7 @@ class ClassificationJob:
                 paths.append(str(write_image(image.crop(*box) if box else image,
                                              self.folder / f"input{index}.nrrd", compress=False)))
         except Exception:
-            shutil.rmtree(self.folder, ignore_errors=True)
+            self.clean_up()
             raise
         arguments = ["classify", *paths, "--model", str(model), "--csv", str(self.folder / "results.csv"),
                      "--device", device]
@@ -67,31 +63,12 @@ class ClassificationJob:
         self.engine = EngineJob(arguments, device=device)
         self.saliency_nodes: list = []
 
-    @property
-    def state(self) -> JobState:
-        return self.engine.state
-
-    def poll(self) -> list[dict[str, Any]]:
-        return self.engine.poll()
-
-    def wait(self, timeout: Optional[float] = None) -> JobState:
-        return self.engine.wait(timeout)
-
-    def cancel(self) -> None:
-        self.engine.cancel()
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-    def finish(self):
+    def _apply(self):
         """Fill (or create) the table node and add the saliency volumes; returns the table node."""
-        try:
-            if self.engine.state is not JobState.SUCCEEDED:
-                raise JobFailed(self.engine.error or f"the job is {self.engine.state.value}")
-            rows = list(csv.DictReader((self.folder / "results.csv").read_text().splitlines()))
-            saliency_files = self.engine.result["outputs"]["saliency"]
-            maps = [self._full_grid_saliency(i, path) for i, path in enumerate(saliency_files)]
-            return self._apply(rows, maps)
-        finally:
-            shutil.rmtree(self.folder, ignore_errors=True)
+        rows = list(csv.DictReader((self.folder / "results.csv").read_text().splitlines()))
+        saliency_files = self.engine.result["outputs"]["saliency"]
+        maps = [self._full_grid_saliency(i, path) for i, path in enumerate(saliency_files)]
+        return self._fill_scene(rows, maps)
 
     def _full_grid_saliency(self, index: int, path: str) -> Image:
         """A saliency map on the whole input grid (zero outside the ROI)."""
@@ -103,7 +80,7 @@ class ClassificationJob:
         full[tuple(slice(a, b) for a, b in zip(*box))] = heat.array
         return image.with_array(full)
 
-    def _apply(self, rows: list[dict], maps: list[Image]):
+    def _fill_scene(self, rows: list[dict], maps: list[Image]):
         table_rows = []
         for volume, row in zip(self.volumes, rows):
             probabilities = {key: float(value) for key, value in row.items() if key.startswith("p_")}

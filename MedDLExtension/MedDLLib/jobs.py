@@ -13,9 +13,11 @@ import contextlib
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -66,7 +68,6 @@ class EngineWorker:
 
     def __init__(self, device: str | None = None) -> None:
         self.key = _worker_key(device)
-        self.busy = False
         self.events: queue.Queue = queue.Queue()
         self.stderr_tail: deque[str] = deque(maxlen=40)
         self.process = subprocess.Popen(
@@ -135,13 +136,11 @@ def acquire_worker(device: str | None) -> EngineWorker:
     worker = _idle_workers.pop(key, None)
     if worker is None or not worker.alive():
         worker = EngineWorker(device)
-    worker.busy = True
     return worker
 
 
-def release_worker(worker: EngineWorker, device: str | None) -> None:
-    """Keep a live worker for the next job (one per device setting); close any extra."""
-    worker.busy = False
+def release_worker(worker: EngineWorker) -> None:
+    """Keep a live worker for the next job (one per device and settings); close any extra."""
     key = worker.key
     if worker.alive() and key not in _idle_workers:
         _idle_workers[key] = worker
@@ -160,7 +159,6 @@ class EngineJob:
 
     def __init__(self, arguments: list[str], device: str | None = None) -> None:
         self.id = uuid.uuid4().hex
-        self.device = device
         self.fraction = 0.0
         self.message = "starting"
         self.state = JobState.RUNNING
@@ -199,7 +197,7 @@ class EngineJob:
         self.state, self.message = state, message
         if state is JobState.FAILED:
             self.error = message
-        release_worker(self.worker, self.device)
+        release_worker(self.worker)
 
     def wait(self, timeout: float | None = None) -> JobState:
         """Block until the job ends (or `timeout` seconds pass) and return the state."""
@@ -215,7 +213,6 @@ class EngineJob:
         if self.state is JobState.RUNNING:
             self.worker.kill()
             self.state, self.message = JobState.CANCELLED, "cancelled"
-            self.worker.busy = False
 
 
 def _new_process_group() -> dict[str, Any]:
@@ -239,3 +236,48 @@ def _kill_tree(process: subprocess.Popen) -> None:
             os.killpg(process.pid, signal.SIGKILL)
     except Exception:  # the process may end on its own between the check and the kill
         process.kill()
+
+
+class FolderJob:
+    """A job that exchanges files with the worker through a private folder, removed in every outcome.
+
+    A subclass writes its inputs into `self.folder`, starts `self.engine`, and implements `_apply()`,
+    which changes the scene; `finish()` calls it only after the job succeeded.
+    """
+
+    engine: EngineJob
+
+    def __init__(self, prefix: str) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix=prefix))
+
+    @property
+    def state(self) -> JobState:
+        return self.engine.state
+
+    def poll(self) -> list[dict[str, Any]]:
+        return self.engine.poll()
+
+    def wait(self, timeout: float | None = None) -> JobState:
+        return self.engine.wait(timeout)
+
+    def cancel(self) -> None:
+        self.engine.cancel()
+        self.clean_up()
+
+    def finish(self):
+        """Apply a succeeded job to the scene and return what it made; raises JobFailed otherwise."""
+        self.engine.poll()
+        try:
+            if self.engine.state is JobState.FAILED:
+                raise JobFailed(self.engine.error)
+            if self.engine.state is not JobState.SUCCEEDED:
+                raise JobFailed(f"the job is {self.engine.state.value}, not finished")
+            return self._apply()
+        finally:
+            self.clean_up()
+
+    def _apply(self):
+        raise NotImplementedError
+
+    def clean_up(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any
 
 from meddl.image import check_volume
 from meddl.io import read_image, write_image
 
-from .jobs import EngineJob, JobFailed, JobState
+from .jobs import EngineJob, FolderJob
 from .segmentations import apply_label_map
 from .volumes import image_from_volume_node
 
 
-class SegmentationJob:
+class SegmentationJob(FolderJob):
     """Exports the input to a private folder, runs `meddl segment` there, imports the result.
 
     The input node is only read. The scene changes once, in `finish()`, and only when the job
@@ -30,8 +27,12 @@ class SegmentationJob:
         self.output_segmentation = output_segmentation
         image = image_from_volume_node(input_volume)
         check_volume(image, what=f"volume {input_volume.GetName()!r}")
-        self.folder = Path(tempfile.mkdtemp(prefix="meddl-job-"))
-        self.input_path = write_image(image, self.folder / "input.nrrd", compress=False)
+        super().__init__("meddl-job-")
+        try:
+            self.input_path = write_image(image, self.folder / "input.nrrd", compress=False)
+        except Exception:
+            self.clean_up()
+            raise
         self.output_path = self.folder / "labels.nrrd"
         arguments = ["segment", str(self.input_path), str(self.output_path), "--device", device, "--no-compress"]
         if model:
@@ -41,36 +42,11 @@ class SegmentationJob:
         self.engine = EngineJob(arguments, device=device)
         self.segmentation_node = None
 
-    @property
-    def state(self) -> JobState:
-        return self.engine.state
-
-    def poll(self) -> list[dict[str, Any]]:
-        return self.engine.poll()
-
-    def wait(self, timeout: float | None = None) -> JobState:
-        return self.engine.wait(timeout)
-
-    def cancel(self) -> None:
-        self.engine.cancel()
-        self._clean_up()
-
-    def finish(self):
-        """Apply a succeeded job to the scene and return the segmentation node."""
-        self.engine.poll()
-        try:
-            if self.engine.state is JobState.FAILED:
-                raise JobFailed(self.engine.error)
-            if self.engine.state is not JobState.SUCCEEDED:
-                raise JobFailed(f"the job is {self.engine.state.value}, not finished")
-            labels = read_image(self.output_path)
-            table = json.loads(Path(self.engine.result["outputs"]["label_table"]).read_text(encoding="utf-8"))
-            name = f"{self.input_volume.GetName()} {table['model']}"
-            self.segmentation_node = apply_label_map(
-                self.scene, labels, table["labels"], self.input_volume, self.output_segmentation, name)
-            return self.segmentation_node
-        finally:
-            self._clean_up()
-
-    def _clean_up(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+    def _apply(self):
+        """Put the label map into the segmentation node; returns the node."""
+        labels = read_image(self.output_path)
+        table = json.loads(Path(self.engine.result["outputs"]["label_table"]).read_text(encoding="utf-8"))
+        name = f"{self.input_volume.GetName()} {table['model']}"
+        self.segmentation_node = apply_label_map(
+            self.scene, labels, table["labels"], self.input_volume, self.output_segmentation, name)
+        return self.segmentation_node
