@@ -63,7 +63,7 @@ class ModelLibraryPanel:
                 table.selectRow(index)
         table.blockSignals(False)
         table.resizeColumnsToContents()
-        self._updateButtons()
+        self._updateButtons(self._selectedRow())
 
     def selectedId(self) -> str:
         items = self.ui.modelTable.selectedItems()
@@ -77,10 +77,10 @@ class ModelLibraryPanel:
         row = self._selectedRow()
         if row is not None and row.installed:
             self.on_select(row.id)
-        self._updateButtons()
+        self._updateButtons(row)
 
-    def _updateButtons(self) -> None:
-        row = self._selectedRow()
+    def _updateButtons(self, row) -> None:
+        """Install for an available model, Remove for a removable installed one (`row`: the selection)."""
         self.ui.installModelButton.enabled = bool(row and not row.installed)
         removable = bool(row and row.installed) and (
             row.origin == "imported" or "python_package" not in catalog.get_entry(row.id)["source"])
@@ -123,7 +123,7 @@ class ModelLibraryPanel:
         edits = {"id": qt.QLineEdit()}
         layout.addRow("Library id", edits["id"])
         for field, label, default in CARD_FORM:
-            edits[field] = qt.QLineEdit(default)
+            edits[field] = qt.QLineEdit(self.task if field == "task" else default)  # this module's task
             layout.addRow(label, edits[field])
         trust = qt.QCheckBox("I trust this model's source (allows pickled code and bundle expressions)")
         layout.addRow(trust)
