@@ -27,18 +27,28 @@ MODEL_SUFFIXES = (".ts", ".pt", ".pth")
 
 
 def dry_run(reference: Path, trust: bool) -> None:
-    """Load the model and run it once on a small blank volume: it must produce a label map."""
-    from ..segment import segment
-
+    """Load the model and run it once on a small blank input, the way its task runs it."""
     loaded = _load(reference, trust)
-    shape = tuple(int(s) for s in (loaded.card.roi_size or (32, 32, 32)))[::-1]
-    blank = np.zeros((*shape, loaded.card.channels) if loaded.card.channels > 1 else shape, np.float32)
+    card = loaded.card
     try:
-        segment(Image(blank), loaded, device="cpu")
+        if card.task == "classification":
+            from ..classify import classify
+
+            size = tuple(card.input_size or (32,) * card.spatial_dims)
+            shape = (1, *size) if card.spatial_dims == 2 else size
+            classify([Image(_blank(shape, card.channels))], loaded, device="cpu")
+        else:
+            from ..segment import segment
+
+            segment(Image(_blank(tuple(card.roi_size or (32, 32, 32))[::-1], card.channels)), loaded, device="cpu")
     except ModelError:
         raise
     except Exception as error:  # the network itself failed: report it as a model problem
         raise ModelError(f"the model loads but fails on a test input: {error}") from None
+
+
+def _blank(shape: tuple[int, ...], channels: int) -> np.ndarray:
+    return np.zeros((*shape, channels) if channels > 1 else shape, np.float32)
 
 
 def _load(reference: Path, trust: bool):

@@ -264,3 +264,14 @@ def test_leftovers_of_a_killed_install_are_cleaned(tmp_path):
     (stale / "half.bin").write_bytes(b"x" * 100)
     install.import_model(write_state_dict_model(tmp_path))
     assert not stale.exists() and [m.id for m in store.list_installed()] == ["test-unet"]
+
+
+def test_a_trained_classifier_imports_and_is_listed_for_its_task(tmp_path):
+    from meddl.training.classifier import TrainingSettings, train_classifier
+
+    rng = np.random.default_rng(0)
+    images = [Image(rng.normal(label, 1.0, (16, 16, 16)).astype(np.float32)) for label in (0, 1) * 4]
+    result = train_classifier(images, [0, 1] * 4, ["low", "high"], tmp_path / "tissue", TrainingSettings(epochs=1))
+    installed = install.import_model(result.folder / "model.pt", "tissue-classifier")
+    assert installed.id == "tissue-classifier"
+    assert [row.id for row in model_rows(task="classification")] == ["tissue-classifier"]
