@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -153,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return serve()
     mode = getattr(args, "progress", "none")
+    if int(os.environ.get("RANK", "0")) != 0:
+        mode = "none"  # under torchrun, rank 0 reports for all processes
     protocol = JsonLinesProgress() if mode == "json" else None
     progress = protocol or (TerminalProgress() if mode == "bar" else no_progress)
     return run_reported(args, progress, protocol)

@@ -38,18 +38,30 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
             temporary.unlink()
 
 
+def replace_folder(staging: Path, target: Path) -> None:
+    """Move `staging` to `target`, replacing a folder already there (kept until the new one is in place)."""
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
-def staged_folder(out: Path) -> Iterator[Path]:
-    """Yield a new folder beside `out`; it becomes `out` (which must be absent or empty) only on success."""
+def staged_folder(out: Path, replace: bool = False) -> Iterator[Path]:
+    """Yield a new folder beside `out`; it becomes `out` only on success.
+
+    `out` must be absent or empty, unless `replace` is set (a checkpoint rewritten as training improves).
+    """
     out = Path(out)
-    staging = out.with_name(f".{out.name}.partial")
+    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
     try:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         yield staging
-        if out.exists():
+        if out.exists() and not replace:
             out.rmdir()
-        staging.replace(out)
+        replace_folder(staging, out)
     except OSError as error:
         raise OutputError(f"cannot write {out}: {error}") from None
     finally:

@@ -20,6 +20,15 @@ def scaled(progress: Optional[Progress], start: float, end: float) -> Progress:
     return lambda fraction, message: report(start + (end - start) * min(max(fraction, 0.0), 1.0), message)
 
 
+def report_metrics(progress: Progress, fraction: float, message: str, metrics: dict) -> None:
+    """Progress with numbers attached (e.g. an epoch's loss and Dice, for a live chart)."""
+    with_metrics = getattr(progress, "with_metrics", None)
+    if with_metrics:
+        with_metrics(fraction, message, metrics)
+    else:
+        progress(fraction, message)
+
+
 class JsonLinesProgress:
     """Writes one JSON object a line: the worker protocol read by MedDLLib's job runner."""
 
@@ -35,6 +44,9 @@ class JsonLinesProgress:
 
     def __call__(self, fraction: float, message: str) -> None:
         self.emit("progress", fraction=round(float(fraction), 4), message=message)
+
+    def with_metrics(self, fraction: float, message: str, metrics: dict) -> None:
+        self.emit("progress", fraction=round(float(fraction), 4), message=message, metrics=metrics)
 
 
 class TerminalProgress:

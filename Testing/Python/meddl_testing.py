@@ -165,9 +165,8 @@ def mni_tissue_patches(mni: dict, slices: tuple[int, int], per_class: int, radiu
     return images, labels
 
 
-def mni_tissue_slabs(mni: dict, train_slices: tuple[int, int], val_slices: tuple[int, int]):
-    """The MNI T1 at 2 mm with labels 1 = grey, 2 = white matter (probability > 0.5, the larger wins),
-    cut into a training slab and a validation slab of axial slices that do not overlap."""
+def mni_tissue_volume(mni: dict) -> tuple[Image, Image]:
+    """The MNI T1 at 2 mm with labels 1 = grey, 2 = white matter (probability > 0.5, the larger wins)."""
     from meddl.io import read_image
     from meddl.sample_data import tissue_probability
 
@@ -181,7 +180,12 @@ def mni_tissue_slabs(mni: dict, train_slices: tuple[int, int], val_slices: tuple
         return Image(np.ascontiguousarray(array[::2, ::2, ::2]), tuple(2 * s for s in t1.spacing), t1.origin,
                      t1.direction)
 
-    image, label = half(t1.array.astype(np.float32)), half(labels)
+    return half(t1.array.astype(np.float32)), half(labels)
+
+
+def mni_tissue_slabs(mni: dict, train_slices: tuple[int, int], val_slices: tuple[int, int]):
+    """`mni_tissue_volume` cut into a training slab and a validation slab of axial slices that do not overlap."""
+    image, label = mni_tissue_volume(mni)
     rest = image.shape[1:]
     return [tuple(volume.crop((a, 0, 0), (b, *rest)) for volume in (image, label))
             for a, b in (train_slices, val_slices)]

@@ -54,12 +54,15 @@ def _catalog_row(model_id: str) -> ModelRow:
 def _imported_row(model: store.InstalledModel) -> ModelRow:
     import json
 
-    card_path = model.model_path.with_suffix(".json") if model.model_path.is_file() else None
-    card = json.loads(card_path.read_text()) if card_path and card_path.is_file() else {}
+    from ..models.bundle import MEDDL_CARD
+
+    path = model.model_path
+    card_path = path / MEDDL_CARD if path.is_dir() else path.with_suffix(".json")
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     return ModelRow(model.id, card.get("title", model.id), card.get("task", "segmentation"),
                     card.get("input", {}).get("modality", ""), card.get("body_part", ""), card.get("license", ""),
                     card.get("description", ""), True, store.folder_size(model.folder), _accuracy(card),
-                    None, None, "imported")
+                    None, None, "trained" if model.record.get("kind") == "trained" else "imported")
 
 
 def model_rows(search: str = "", task: str = "", modality: str = "", body_part: str = "",

@@ -41,9 +41,15 @@ def bundle_configs(card: dict) -> tuple[dict, dict]:
     return metadata, inference
 
 
-def write_bundle(out: Path, network: torch.nn.Module, card: dict) -> Path:
+def write_bundle(out: Path, network: torch.nn.Module, card: dict, replace: bool = False,
+                 record: dict | None = None) -> Path:
+    """The bundle folder, whole; `replace` rewrites an earlier checkpoint; `record` makes it a library install."""
     metadata, inference = bundle_configs(card)
-    with staged_folder(out) as staging:
+    with staged_folder(out, replace) as staging:
+        if record is not None:
+            from ..library.store import RECORD
+
+            (staging / RECORD).write_text(json.dumps(record, indent=1))
         (staging / "configs").mkdir()
         (staging / "models").mkdir()
         (staging / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=1))

@@ -21,19 +21,24 @@ from ..image import Image
 from ..models.card import card_from_dict
 from ..models.loading import LoadedModel, load_model
 from ..models.networks import build_monai_network, load_weights
-from ..progress import Progress, no_progress
+from ..progress import Progress, no_progress, report_metrics
 from .bundle_writer import write_bundle
+from .distributed import distributed_context
+from .patches import PatchDataset, sparse_axis
 
 
 @dataclass
 class SegmentationTrainingSettings:
     patch_size: tuple[int, int, int] = (48, 48, 48)
+    slice_patch: int = 96  # in-plane size of the one-slice patches used for sparse (few-shot) labels
+    few_shot: str = "auto"  # "auto": train slice by slice on the labelled slices when labels are sparse; "off"
     epochs: int = 20
     steps_per_epoch: int = 20
     time_budget_s: Optional[float] = None
     batch_size: int = 2
     learning_rate: float = 2e-3
     channels: tuple[int, ...] = (16, 32, 64, 128)
+    validate_every: int = 5  # epochs between validations; the best validated weights are kept
     seed: int = 0
     device: str = "auto"
     init_from: Optional[str] = None  # a bundle or model to fine-tune
@@ -44,6 +49,7 @@ class SegmentationTrainingResult:
     folder: Path
     validation_dice: dict[str, float]
     history: list[dict] = field(default_factory=list)
+    slice_axis: Optional[int] = None
 
 
 def check_pairs(pairs: Sequence[tuple[Image, Image]], labels: dict[int, str]) -> None:
@@ -63,19 +69,35 @@ def check_pairs(pairs: Sequence[tuple[Image, Image]], labels: dict[int, str]) ->
                              f"({', '.join(f'{k}={v}' for k, v in sorted(labels.items()))})")
 
 
-def _card(labels: dict[int, str], settings: SegmentationTrainingSettings, name: str) -> dict:
+def choose_slice_axis(pairs: Sequence[tuple[Image, Image]], few_shot: str) -> Optional[int]:
+    """The (i, j, k) axis to train slice by slice along, when some pair has only a few labelled slices."""
+    if few_shot == "off":
+        return None
+    axes = [sparse_axis(label.array.T) for _, label in pairs]
+    return next((axis for axis in axes if axis is not None), None)
+
+
+def _card(labels: dict[int, str], settings: SegmentationTrainingSettings, name: str,
+          slice_axis: Optional[int]) -> dict:
     out_channels = max(labels) + 1
+    levels = len(settings.channels) - 1
+    if slice_axis is None:
+        roi, strides, sw_batch = list(settings.patch_size), [2] * levels, 2
+    else:  # one slice thick: the network never pools (nor looks) across slices
+        roi = [1 if axis == slice_axis else settings.slice_patch for axis in range(3)]
+        strides = [[1 if axis == slice_axis else 2 for axis in range(3)]] * levels
+        sw_batch = 16
     network = {"class": "UNet", "args": {"spatial_dims": 3, "in_channels": 1, "out_channels": out_channels,
-                                          "channels": list(settings.channels),
-                                          "strides": [2] * (len(settings.channels) - 1), "num_res_units": 1}}
+                                          "channels": list(settings.channels), "strides": strides,
+                                          "num_res_units": 1}}
     return {"name": name, "task": "segmentation", "license": "trained by the user (see provenance)",
             "input": {"channels": 1, "intensity": {"method": "zscore"}},
-            "inference": {"roi_size": list(settings.patch_size), "overlap": 0.25, "sw_batch_size": 2},
+            "inference": {"roi_size": roi, "overlap": 0.25, "sw_batch_size": sw_batch},
             "output": {"mode": "argmax"},
             "labels": [{"value": value, "name": text} for value, text in sorted(labels.items())], "network": network}
 
 
-def _volumes(pairs, card) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def prepare_volumes(pairs, card) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Whole volumes normalised as inference will normalise them, in the engine's (i, j, k) order."""
     from ..inference.preprocess import finite, normalise
 
@@ -88,39 +110,14 @@ def _volumes(pairs, card) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return prepared
 
 
-def _sample(volumes, patch: tuple[int, ...], count: int, generator: torch.Generator):
-    """`count` random patches; half centred on a labelled voxel."""
-    xs, ys = [], []
-    for n in range(count):
-        x, y = volumes[int(torch.randint(len(volumes), (1,), generator=generator))]
-        size = torch.tensor(x.shape)
-        half = torch.tensor(patch) // 2
-        if n % 2 == 0:
-            foreground = torch.nonzero(y > 0)
-            centre = foreground[int(torch.randint(len(foreground), (1,), generator=generator))]
-        else:
-            centre = (torch.rand(3, generator=generator) * size).long()
-        start = torch.clamp(centre - half, min=0)
-        start = torch.minimum(start, torch.clamp(size - torch.tensor(patch), min=0))
-        box = tuple(slice(int(s), int(s) + p) for s, p in zip(start, patch))
-        xs.append(_pad(x[box], patch))
-        ys.append(_pad(y[box], patch))
-    return torch.stack(xs)[:, None], torch.stack(ys)[:, None]
-
-
-def _pad(t: torch.Tensor, patch: tuple[int, ...]) -> torch.Tensor:
-    pads = [p for size, target in zip(reversed(t.shape), reversed(patch)) for p in (0, target - size)]
-    return torch.nn.functional.pad(t, pads)
-
-
-def validation_dice(model: LoadedModel, pairs, labels: dict[int, str]) -> dict[str, float]:
+def validation_dice(model: LoadedModel, pairs, labels: dict[int, str], device: str = "cpu") -> dict[str, float]:
     """Per-label Dice of the real inference path on whole validation volumes."""
     from ..sample_data import dice
     from ..segment import segment
 
     scores: dict[str, list[float]] = {name: [] for name in labels.values()}
     for image, label in pairs:
-        predicted = segment(image, model, device="cpu").labels.array
+        predicted = segment(image, model, device=device).labels.array
         for value, name in labels.items():
             scores[name].append(dice(predicted == value, label.array == value))
     return {name: float(np.mean(values)) for name, values in scores.items()}
@@ -129,49 +126,116 @@ def validation_dice(model: LoadedModel, pairs, labels: dict[int, str]) -> dict[s
 def train_segmentation(pairs: Sequence[tuple[Image, Image]], labels: dict[int, str], out: Path,
                        settings: Optional[SegmentationTrainingSettings] = None,
                        validation: Optional[Sequence[tuple[Image, Image]]] = None,
-                       progress: Optional[Progress] = None, data_description: str = "") -> SegmentationTrainingResult:
-    """Train (or fine-tune) a UNet and write a MONAI bundle to `out` (whole or not at all)."""
-    from monai.losses import DiceCELoss
+                       progress: Optional[Progress] = None, data_description: str = "",
+                       install_record: Optional[dict] = None) -> SegmentationTrainingResult:
+    """Train (or fine-tune) a UNet and write a MONAI bundle to `out`.
 
-    from ..device import select_compute
-
-    settings, report, out = settings or SegmentationTrainingSettings(), progress or no_progress, Path(out)
+    The bundle is written whole each time validation improves (or after each epoch without
+    validation data), so a run stopped at any moment leaves the best weights so far. Under
+    torchrun every process trains on its share of each epoch; rank 0 validates and writes.
+    """
+    settings, out = settings or SegmentationTrainingSettings(), Path(out)
     check_pairs(pairs, labels)
     if validation:
         check_pairs(validation, labels)
     if out.exists() and any(out.iterdir()):
         raise OutputError(f"output folder {out} is not empty")
-    torch.manual_seed(settings.seed)
-    card = _card(labels, settings, out.name)
-    network = build_monai_network(card["network"], "training")
-    if settings.init_from:
-        start = load_model(settings.init_from).networks["network"].state_dict()
-        network = load_weights(network, start, Path(settings.init_from))
-    device = select_compute(settings.device).device
-    network.to(device)
-    optimiser = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    volumes, generator = _volumes(pairs, card), torch.Generator().manual_seed(settings.seed)
-    history, started = [], time.monotonic()
-    for epoch in range(settings.epochs):
-        network.train()
-        for _ in range(settings.steps_per_epoch):
-            x, y = _sample(volumes, settings.patch_size, settings.batch_size, generator)
-            optimiser.zero_grad()
-            loss = loss_fn(network(x.to(device)), y.to(device))
+    trainer = SegmentationTrainer(pairs, labels, out, settings, validation, progress or no_progress,
+                                  data_description, install_record)
+    return trainer.run()
+
+
+class SegmentationTrainer:
+    """One training run: the network, its patches, the epoch loop and the best checkpoint."""
+
+    def __init__(self, pairs, labels: dict[int, str], out: Path, settings: SegmentationTrainingSettings,
+                 validation, report: Progress, data_description: str, install_record: Optional[dict]) -> None:
+        from ..device import select_compute
+
+        self.labels, self.out, self.settings, self.validation = labels, out, settings, validation
+        self.report, self.description, self.install_record = report, data_description, install_record
+        self.pair_count = len(pairs)
+        self.slice_axis = choose_slice_axis(pairs, settings.few_shot)
+        self.card = _card(labels, settings, out.name, self.slice_axis)
+        torch.manual_seed(settings.seed)
+        self.network = build_monai_network(self.card["network"], "training")
+        if settings.init_from:
+            start = load_model(settings.init_from).networks["network"].state_dict()
+            self.network = load_weights(self.network, start, Path(settings.init_from))
+        compute = select_compute(settings.device)
+        self.context = distributed_context(compute.device.type)
+        self.device = self.context.device(compute.device)
+        self.model = self.context.wrap(self.network.to(self.device), self.device)
+        length = settings.steps_per_epoch * settings.batch_size * self.context.world_size
+        self.dataset = PatchDataset(prepare_volumes(pairs, self.card), tuple(self.card["inference"]["roi_size"]),
+                                    length, settings.seed, self.slice_axis)
+        self.optimiser = torch.optim.AdamW(self.network.parameters(), lr=settings.learning_rate)
+
+    def run(self) -> SegmentationTrainingResult:
+        from monai.losses import DiceCELoss
+
+        settings, started = self.settings, time.monotonic()
+        sampler = self.context.sampler(self.dataset, settings.seed)
+        loader = torch.utils.data.DataLoader(self.dataset, settings.batch_size, sampler=sampler, drop_last=True)
+        loss_fn, history, best, best_scores = DiceCELoss(to_onehot_y=True, softmax=True), [], -1.0, {}
+        for epoch in range(1, settings.epochs + 1):
+            self.dataset.set_epoch(epoch)
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            loss, stop = self._epoch(loader, loss_fn, started)
+            entry = {"epoch": epoch, "loss": round(loss, 5)}
+            if self.context.is_main:
+                last = stop or epoch == settings.epochs
+                if not self.validation:
+                    self._save({}, epoch)
+                elif epoch % settings.validate_every == 0 or last:
+                    scores = self._validate()
+                    entry["dice"] = round(float(np.mean(list(scores.values()))), 5)
+                    if entry["dice"] > best:
+                        best, best_scores = entry["dice"], scores
+                        self._save(scores, epoch)
+                history.append(entry)
+                fraction = max(epoch / settings.epochs, (time.monotonic() - started) / (settings.time_budget_s or 1e30))
+                report_metrics(self.report, min(fraction, 1.0), _summary(entry), entry)
+            if stop:
+                break
+        self.context.close()
+        return SegmentationTrainingResult(self.out, best_scores, history, self.slice_axis)
+
+    def _epoch(self, loader, loss_fn, started: float) -> tuple[float, bool]:
+        """One pass over this process's share of the epoch; stops early when the time budget is spent."""
+        self.model.train()
+        losses, budget = [], self.settings.time_budget_s
+        for x, y in loader:
+            self.optimiser.zero_grad()
+            loss = loss_fn(self.model(x.to(self.device)), y.to(self.device))
             loss.backward()
-            optimiser.step()
-        history.append({"epoch": epoch + 1, "loss": float(loss)})
-        elapsed = time.monotonic() - started
-        report((epoch + 1) / settings.epochs, f"epoch {epoch + 1}: loss {float(loss):.3f}")
-        if settings.time_budget_s and elapsed > settings.time_budget_s:
-            break
-    network.eval().cpu()
-    model = LoadedModel(card_from_dict(card), {"network": network})
-    scores = validation_dice(model, validation, labels) if validation else {}
-    card["accuracy"] = [{"metric": f"Dice {name}", "value": round(value, 4),
-                         "data": f"validation on {len(validation)} held-out volume(s) of {data_description}"}
-                        for name, value in scores.items()]
-    card["provenance"] = f"meddl train: {len(pairs)} training pair(s) of {data_description}; {len(history)} epochs"
-    write_bundle(out, network, card)
-    return SegmentationTrainingResult(out, scores, history)
+            self.optimiser.step()
+            losses.append(loss.item())
+            if self.context.agree(bool(budget) and time.monotonic() - started > budget):
+                return self.context.mean(float(np.mean(losses))), True
+        return self.context.mean(float(np.mean(losses))), False
+
+    def _validate(self) -> dict[str, float]:
+        model = LoadedModel(card_from_dict(self.card), {"network": self.network})
+        try:
+            return validation_dice(model, self.validation, self.labels, str(self.device))
+        finally:
+            self.network.to(self.device).train()
+
+    def _save(self, scores: dict[str, float], epoch: int) -> None:
+        """Write the bundle whole, replacing the previous checkpoint."""
+        card = dict(self.card)
+        card["accuracy"] = [{"metric": f"Dice {name}", "value": round(value, 4),
+                             "data": f"validation on {len(self.validation)} held-out volume(s) of {self.description}"}
+                            for name, value in scores.items()]
+        mode = f"slice by slice along axis {self.slice_axis} (labelled slices only)" \
+            if self.slice_axis is not None else "3D patches"
+        card["provenance"] = (f"meddl train: {self.pair_count} training pair(s) of {self.description}; "
+                              f"{mode}; weights of epoch {epoch} of at most {self.settings.epochs}")
+        write_bundle(self.out, self.network, card, replace=True, record=self.install_record)
+
+
+def _summary(entry: dict) -> str:
+    dice = f", validation Dice {entry['dice']:.3f}" if "dice" in entry else ""
+    return f"epoch {entry['epoch']}: loss {entry['loss']:.3f}{dice}"

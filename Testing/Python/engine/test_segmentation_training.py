@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from meddl.cli import main
 from meddl.errors import InputError, OutputError
 from meddl.image import Image
 from meddl.io import write_image
 from meddl.models.loading import load_model
 from meddl.training.segmentation import SegmentationTrainingSettings, train_segmentation, validation_dice
-from meddl_testing import mni_tissue_slabs
+from meddl_testing import mni_tissue_slabs, mni_tissue_volume
 
 LABELS = {1: "grey matter", 2: "white matter"}
 STATED_DICE = 0.5  # each tissue, on axial slabs 55+ of the 2 mm MNI T1 after training on slabs 0-45 (~30 s CPU)
+FEW_SHOT_DICE = 0.8  # each tissue, on the unlabelled slices, from every 10th labelled axial slice (~10 s CPU)
 SETTINGS = dict(patch_size=(32, 32, 32), steps_per_epoch=10, batch_size=4)
 
 
@@ -102,3 +104,100 @@ def test_fine_tuning_from_a_model_of_another_shape_is_a_clear_model_error(traine
         train_segmentation([_pair()], {1: "one label only"}, tmp_path / "mismatch",
                            SegmentationTrainingSettings(init_from=str(trained.folder), **SETTINGS))
     assert not (tmp_path / "mismatch").exists()
+
+
+@pytest.fixture(scope="module")
+def every_tenth_slice(mni):
+    """The 2 mm MNI T1 with only every 10th axial slice labelled (10% of the slices the brain spans)."""
+    image, label = mni_tissue_volume(mni)
+    spanned = np.flatnonzero(label.array.any(axis=(1, 2)))
+    labelled = spanned[::10]
+    sparse = np.zeros_like(label.array)
+    sparse[labelled] = label.array[labelled]
+    return image, label, label.with_array(sparse), np.setdiff1d(spanned, labelled)
+
+
+FEW_SHOT = dict(epochs=10, steps_per_epoch=10)
+
+
+def unlabelled_dice(bundle, every_tenth_slice) -> dict[int, float]:
+    from meddl.sample_data import dice
+    from meddl.segment import segment
+
+    image, truth, _, unlabelled = every_tenth_slice
+    predicted = segment(image, load_model(bundle), device="cpu").labels.array
+    return {value: dice(predicted[unlabelled] == value, truth.array[unlabelled] == value) for value in LABELS}
+
+
+@pytest.fixture(scope="module")
+def few_shot(every_tenth_slice, tmp_path_factory):
+    image, _, sparse, _ = every_tenth_slice
+    return train_segmentation([(image, sparse)], LABELS, tmp_path_factory.mktemp("few") / "few-shot",
+                              SegmentationTrainingSettings(batch_size=8, **FEW_SHOT))
+
+
+def test_few_shot_from_every_tenth_slice_segments_the_other_slices(few_shot, every_tenth_slice):
+    assert few_shot.slice_axis == 2  # the axial (k) axis, detected from the labels alone
+    assert min(unlabelled_dice(few_shot.folder, every_tenth_slice).values()) >= FEW_SHOT_DICE
+
+
+def test_unlabelled_slices_never_reach_the_loss(every_tenth_slice):
+    from meddl.training.patches import PatchDataset, sparse_axis
+
+    _, _, sparse, _ = every_tenth_slice
+    labelled = set(np.flatnonzero(sparse.array.any(axis=(1, 2))).tolist())
+    slice_index = np.broadcast_to(np.arange(sparse.shape[0], dtype=np.float32)[:, None, None], sparse.shape)
+    volume = (torch.from_numpy(np.ascontiguousarray(slice_index.T)), torch.from_numpy(sparse.array.T.astype(np.int64)))
+    assert sparse_axis(volume[1].numpy()) == 2
+    dataset = PatchDataset([volume], (32, 32, 1), length=200, slice_axis=2)
+    seen = {int(x.max()) for x, _ in (dataset[n] for n in range(200))}
+    assert seen <= labelled and len(seen) > 1
+
+
+def test_dense_labels_train_in_3d(slabs):
+    from meddl.training.segmentation import choose_slice_axis
+
+    assert choose_slice_axis(slabs[0], "auto") is None
+
+
+def test_two_process_gloo_training_gives_the_same_kind_of_bundle(few_shot, every_tenth_slice, tmp_path):
+    """`torchrun --nproc_per_node 2 -m meddl train ...` on CPU: DDP over gloo with a distributed sampler.
+
+    Each process takes half of each epoch's patches (batch 4 each, the single run's 8 in all).
+    """
+    import os
+    import subprocess
+    import sys
+
+    image, _, sparse, _ = every_tenth_slice
+    image_path, label_path = write_image(image, tmp_path / "t1.nii.gz"), write_image(sparse, tmp_path / "l.nii.gz")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "meddl", "train", "--images", str(image_path), "--labels", str(label_path),
+               "--label-names", "1:grey matter,2:white matter", "--out", str(tmp_path / "ddp"),
+               "--epochs", str(FEW_SHOT["epochs"]), "--steps-per-epoch", str(FEW_SHOT["steps_per_epoch"]),
+               "--batch-size", "4", "--progress", "json"]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert sum('"event": "done"' in line for line in finished.stdout.splitlines()) == 1  # rank 0 reports
+    assert load_model(tmp_path / "ddp").card.network == load_model(few_shot.folder).card.network
+    single, ddp = unlabelled_dice(few_shot.folder, every_tenth_slice), unlabelled_dice(tmp_path / "ddp",
+                                                                                        every_tenth_slice)
+    assert min(ddp.values()) >= FEW_SHOT_DICE
+    assert abs(np.mean(list(ddp.values())) - np.mean(list(single.values()))) < 0.05
+
+
+def test_a_run_stopped_midway_leaves_the_best_checkpoint_whole(slabs, tmp_path):
+    """Cancel kills the worker at any moment: the bundle of the best validation so far must be on disk."""
+    train, val = slabs
+
+    def stop_after_second_epoch(fraction, message):
+        if message.startswith("epoch 2"):
+            raise KeyboardInterrupt
+
+    settings = SegmentationTrainingSettings(epochs=5, validate_every=1, **{**SETTINGS, "steps_per_epoch": 2})
+    with pytest.raises(KeyboardInterrupt):
+        train_segmentation(train, LABELS, tmp_path / "stopped", settings, val, progress=stop_after_second_epoch)
+    loaded = load_model(tmp_path / "stopped")
+    assert "weights of epoch" in loaded.card.provenance
+    assert [p.name for p in tmp_path.iterdir()] == ["stopped"]  # no staging folder left behind
