@@ -258,7 +258,13 @@ class FolderJob:
         return self.engine.poll()
 
     def wait(self, timeout: float | None = None) -> JobState:
-        return self.engine.wait(timeout)
+        """Block until the job ends (or `timeout` seconds pass), polling through `poll()` so subclasses see events."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.poll()
+        while self.state is JobState.RUNNING and (deadline is None or time.monotonic() < deadline):
+            time.sleep(POLL_SECONDS)
+            self.poll()
+        return self.state
 
     def cancel(self) -> None:
         self.engine.cancel()
@@ -266,7 +272,7 @@ class FolderJob:
 
     def finish(self):
         """Apply a succeeded job to the scene and return what it made; raises JobFailed otherwise."""
-        self.engine.poll()
+        self.poll()
         try:
             if self.engine.state is JobState.FAILED:
                 raise JobFailed(self.engine.error)

@@ -103,8 +103,13 @@ def place_beside_in_hierarchy(scene, node, reference_node) -> None:
 
 
 def label_map_from_segmentation(segmentation_node, reference_volume, segment_names: Sequence[str]) -> np.ndarray:
-    """KJI label array on the reference volume's grid: segment i (1-based in `segment_names`) -> i."""
-    label_node = segmentation_node.GetScene().AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "meddl-export")
+    """KJI label array on the reference volume's grid: segment i (1-based in `segment_names`) -> i.
+
+    The export's helper nodes (label map, its display node, a color table) are removed again.
+    """
+    scene = segmentation_node.GetScene()
+    existing = {scene.GetNthNode(index).GetID() for index in range(scene.GetNumberOfNodes())}
+    label_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "meddl-export")
     try:
         ids = vtk.vtkStringArray()
         for segment_name in segment_names:
@@ -113,4 +118,6 @@ def label_map_from_segmentation(segmentation_node, reference_volume, segment_nam
             segmentation_node, ids, label_node, reference_volume)
         return np.array(slicer.util.arrayFromVolume(label_node), copy=True)
     finally:
-        segmentation_node.GetScene().RemoveNode(label_node)
+        added = [scene.GetNthNode(index) for index in range(scene.GetNumberOfNodes())]
+        for node in reversed([node for node in added if node.GetID() not in existing]):
+            scene.RemoveNode(node)

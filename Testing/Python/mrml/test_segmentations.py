@@ -47,8 +47,10 @@ def test_one_named_coloured_segment_per_label(scene, label_image, reference):
 
 def test_segments_lie_exactly_on_the_label_voxels(scene, label_image, reference):
     node = apply_label_map(scene, label_image, LABELS, reference)
+    count = scene.GetNumberOfNodes()
     exported = label_map_from_segmentation(node, reference, ["Liver", "Spleen", "Kidney"])
     np.testing.assert_array_equal(exported, label_image.array)
+    assert scene.GetNumberOfNodes() == count  # reading the labels leaves no helper nodes behind
 
 
 def test_replacing_segments_in_a_chosen_node_keeps_the_others(scene, label_image, reference):
