@@ -35,18 +35,15 @@ def segment_names(segmentation_nodes: Sequence[Any]) -> list[str]:
 
 
 class TrainingChart:
-    """A table of epoch, loss and validation Dice with a plot chart of both, created at the first epoch."""
+    """A table of epoch, loss and validation Dice with a plot chart of both (a series each)."""
 
     COLUMNS = ("epoch", "loss", "dice")
 
     def __init__(self, scene, title: str) -> None:
         self.scene, self.title, self.nodes = scene, title, []
-        self.table = None
-        self.chart = None
+        self._create()
 
     def add(self, metrics: dict[str, Any]) -> None:
-        if self.table is None:
-            self._create()
         table = self.table.GetTable()
         row = table.GetNumberOfRows()
         table.InsertNextBlankRow()
@@ -79,7 +76,7 @@ class TrainingChart:
     def remove(self) -> None:
         for node in self.nodes:
             self.scene.RemoveNode(node)
-        self.nodes, self.table, self.chart = [], None, None
+        self.nodes = []
 
 
 class TrainingJob(FolderJob):
@@ -104,6 +101,7 @@ class TrainingJob(FolderJob):
         except Exception:
             self.clean_up()
             raise
+        self.cancelled_message = "Cancelled before the first checkpoint; nothing was changed."
         label_names = ",".join(f"{value}:{name}" for value, name in enumerate(self.names, start=1))
         arguments = ["train", "--images", *images, "--labels", *labels, "--label-names", label_names,
                      "--install-as", model_id, "--epochs", str(epochs), "--device", device, "--validate-every", "1"]
@@ -113,8 +111,8 @@ class TrainingJob(FolderJob):
             arguments += ["--time-budget", str(time_budget_s)]
         if init_from:
             arguments += ["--init-from", str(init_from)]
-        self.chart = TrainingChart(scene, f"MedDL training {model_id}")
         self.engine = EngineJob(arguments, device=device)
+        self.chart = TrainingChart(scene, f"MedDL training {model_id}")
 
     def _export(self, pairs, prefix: str) -> tuple[list[str], list[str]]:
         images, labels = [], []
@@ -143,6 +141,8 @@ class TrainingJob(FolderJob):
         super().cancel()
         if store.installed(self.model_id) is None:
             self.chart.remove()
+        else:
+            self.cancelled_message = f"Cancelled; the best checkpoint so far is in the library as {self.model_id!r}."
 
     def _apply(self) -> str:
         """The model is already in the library; returns its id."""

@@ -11,6 +11,7 @@ from meddl.models import catalog
 from MedDLLib.dependencies import ensure_dependencies
 from MedDLLib.jobs import JobState
 from MedDLLib.segmentation_job import SegmentationJob
+from MedDLLib.training_job import TrainingJob
 from MedDLWidgets.module_widget import MedDLWidgetMixin
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
@@ -51,6 +52,13 @@ class MedDLSegmentationParameterNode:
     model: str = catalog.default_model("segmentation")
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     outputSegmentation: vtkMRMLSegmentationNode
+    trainVolume: vtkMRMLScalarVolumeNode
+    trainSegmentation: vtkMRMLSegmentationNode
+    holdOutLast: bool = True
+    trainModelName: str = "my-segmentation-model"
+    fineTune: bool = False
+    trainEpochs: int = 50
+    trainMinutes: float = 10.0
 
 
 class MedDLSegmentationWidget(MedDLWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -70,7 +78,12 @@ class MedDLSegmentationWidget(MedDLWidgetMixin, ScriptedLoadableModuleWidget, VT
         self.logic = MedDLSegmentationLogic()
         self.ui.modelPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs | ctk.ctkPathLineEdit.Files
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.trainingPairs: list[tuple[str, str]] = []  # (volume node id, segmentation node id)
+        self.ui.addPairButton.connect("clicked(bool)", self.onAddPair)
+        self.ui.removePairButton.connect("clicked(bool)", self.onRemovePair)
+        self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)
         self.setupMedDL("segmentation")
+        self.ui.cancelButton.connect("clicked(bool)", lambda: self.library.refresh())  # a kept checkpoint shows
 
     def _setDefaults(self) -> None:
         if not self._parameterNode.inputVolume:
@@ -80,6 +93,7 @@ class MedDLSegmentationWidget(MedDLWidgetMixin, ScriptedLoadableModuleWidget, VT
         ready = bool(self._parameterNode and self._parameterNode.inputVolume) and not self.isRunning()
         self.ui.applyButton.enabled = ready
         self.ui.applyButton.toolTip = _("Segment the input volume") if ready else _("Select an input volume")
+        self.ui.trainButton.enabled = bool(self.trainingPairs) and not self.isRunning()
 
     def onApplyButton(self) -> None:
         if not ensure_dependencies(lambda message: slicer.util.confirmOkCancelDisplay(message)):
@@ -99,6 +113,46 @@ class MedDLSegmentationWidget(MedDLWidgetMixin, ScriptedLoadableModuleWidget, VT
         self._parameterNode.outputSegmentation = segmentationNode
         self.ui.statusLabel.text = _("Done: {name}").format(name=segmentationNode.GetName())
 
+    def onAddPair(self) -> None:
+        volume, segmentation = self._parameterNode.trainVolume, self._parameterNode.trainSegmentation
+        if not volume or not segmentation:
+            slicer.util.errorDisplay(_("Choose a volume and the segmentation drawn on it."))
+            return
+        self.trainingPairs.append((volume.GetID(), segmentation.GetID()))
+        self.ui.trainingPairsList.addItem(f"{volume.GetName()}  +  {segmentation.GetName()}")
+        self._checkCanApply()
+
+    def onRemovePair(self) -> None:
+        row = self.ui.trainingPairsList.currentRow
+        if 0 <= row < len(self.trainingPairs):
+            del self.trainingPairs[row]
+            self.ui.trainingPairsList.takeItem(row)
+        self._checkCanApply()
+
+    def onTrainButton(self) -> None:
+        if not ensure_dependencies(lambda message: slicer.util.confirmOkCancelDisplay(message)):
+            self.ui.statusLabel.text = _("MedDL's Python packages are not installed.")
+            return
+        parameters = self._parameterNode
+        pairs = [(slicer.mrmlScene.GetNodeByID(v), slicer.mrmlScene.GetNodeByID(s)) for v, s in self.trainingPairs]
+        pairs = [pair for pair in pairs if pair[0] and pair[1]]
+        validation = pairs[-1:] if parameters.holdOutLast and len(pairs) >= 2 else []
+        try:
+            job = self.logic.startTraining(pairs[:len(pairs) - len(validation)], parameters.trainModelName,
+                                           parameters.trainEpochs, parameters.trainMinutes, parameters.device,
+                                           parameters.model if parameters.fineTune else None, validation)
+        except Exception as error:
+            slicer.util.errorDisplay(_("Cannot start training: {error}").format(error=error))
+            return
+        slicer.modules.plots.logic().ShowChartInLayout(job.chart.chart)
+        self.runner.start(job, _("Training..."), self._trainingDone)
+
+    def _trainingDone(self, job) -> None:
+        modelId = job.finish()
+        self.library.refresh(modelId)
+        self._parameterNode.model = modelId
+        self.ui.statusLabel.text = _("Trained {model}: it is selected for Apply.").format(model=modelId)
+
 
 class MedDLSegmentationLogic(ScriptedLoadableModuleLogic):
     """Console entry point: `slicer.util.getModuleLogic('MedDLSegmentation').process(volume)`."""
@@ -110,6 +164,12 @@ class MedDLSegmentationLogic(ScriptedLoadableModuleLogic):
               outputSegmentation=None) -> SegmentationJob:
         """Start a background job; poll it (or wait) and call finish() to get the node."""
         return SegmentationJob(slicer.mrmlScene, inputVolume, model, device, outputSegmentation)
+
+    def startTraining(self, pairs, modelName: str, epochs: int = 50, minutes: float = 0.0, device: str = "auto",
+                      initFrom: Optional[str] = None, validationPairs=()) -> TrainingJob:
+        """Train a model from (volume, segmentation) pairs into the model library, in the background."""
+        return TrainingJob(slicer.mrmlScene, pairs, modelName, epochs, minutes * 60 or None, device, initFrom,
+                           validationPairs)
 
     def process(self, inputVolume, model: Optional[str] = None, device: str = "auto",
                 outputSegmentation=None, timeout: Optional[float] = None):

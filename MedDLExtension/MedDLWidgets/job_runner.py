@@ -72,9 +72,9 @@ class JobRunner:
     def cancel(self) -> None:
         if self.job is not None:
             self.job.cancel()
+            self.status_label.text = getattr(self.job, "cancelled_message", "Cancelled; nothing was changed.")
             self.job = None
             self.timer.stop()
-            self.status_label.text = "Cancelled; nothing was changed."
             self._show(False)
 
     def _show(self, running: bool) -> None:

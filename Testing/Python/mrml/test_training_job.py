@@ -61,11 +61,12 @@ def test_few_shot_from_drawn_slices_into_the_library_and_back_into_a_segmentatio
 
 def test_cancel_keeps_the_best_checkpoint_so_far(scene, drawn):
     job = TrainingJob(scene, [drawn], "stopped-early", epochs=500, device="cpu")
-    while job.state is JobState.RUNNING and (job.chart.table is None or job.chart.table.GetNumberOfRows() < 2):
+    while job.state is JobState.RUNNING and job.chart.table.GetNumberOfRows() < 2:
         job.wait(0.2)
     job.cancel()
     assert job.state is JobState.CANCELLED
     assert store.installed("stopped-early") is not None  # usable at once from the model selector
+    assert "best checkpoint" in job.cancelled_message and job.chart.table.GetNumberOfRows() >= 2
     assert "weights of epoch" in (store.models_dir() / "stopped-early" / "configs" / "meddl_card.json").read_text()
     assert not job.folder.exists()
 
@@ -75,6 +76,7 @@ def test_cancel_before_the_first_checkpoint_leaves_scene_and_library_as_they_wer
     job = TrainingJob(scene, [drawn], "never-saved", epochs=500, device="cpu")
     job.cancel()
     assert scene.GetNumberOfNodes() == count and store.installed("never-saved") is None
+    assert "nothing was changed" in job.cancelled_message
 
 
 def test_bad_training_input_is_refused(scene, drawn, tmp_path):
