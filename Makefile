@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.meddl-installed
 
-.PHONY: demo test lint benchmark benchmark-classification clean
+.PHONY: demo test lint benchmark benchmark-classification benchmark-training clean
 
 $(STAMP): pyproject.toml constraints.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ benchmark: $(STAMP)
 
 benchmark-classification: $(STAMP)
 	$(PY) benchmarks/classification.py
+
+benchmark-training: $(STAMP)
+	$(PY) benchmarks/training.py
 
 clean:
 	rm -rf $(VENV) demo-output
