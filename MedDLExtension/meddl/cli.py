@@ -67,11 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_segment(commands)
     _add_models(commands)
+    from . import enhance_cli, train_cli
     from .classify_cli import add_commands
-    from .train_cli import add_command
 
     add_commands(commands, _add_progress)
-    add_command(commands, _add_progress)
+    train_cli.add_command(commands, _add_progress)
+    enhance_cli.add_command(commands, _add_progress)
     commands.add_parser("worker", help="serve jobs from JSON lines on stdin (Slicer's background worker)")
     return parser
 
@@ -111,8 +112,14 @@ def _run_train(args: argparse.Namespace, progress) -> dict:
     return run_train(args, progress)
 
 
+def _run_enhance(args: argparse.Namespace, progress) -> dict:
+    from .enhance_cli import run_enhance
+
+    return run_enhance(args, progress)
+
+
 COMMANDS = {"segment": _run_segment, "models": _run_models, "classify": _run_classify,
-            "train-classifier": _run_train_classifier, "train": _run_train}
+            "train-classifier": _run_train_classifier, "train": _run_train, "enhance": _run_enhance}
 
 
 def execute(args: argparse.Namespace, progress) -> dict:

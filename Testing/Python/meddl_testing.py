@@ -189,3 +189,32 @@ def mni_tissue_slabs(mni: dict, train_slices: tuple[int, int], val_slices: tuple
     rest = image.shape[1:]
     return [tuple(volume.crop((a, 0, 0), (b, *rest)) for volume in (image, label))
             for a, b in (train_slices, val_slices)]
+
+
+def rician(array: np.ndarray, level: float, seed: int = 0) -> np.ndarray:
+    """Rician noise of standard deviation `level` x the image maximum (magnitude of a complex Gaussian)."""
+    rng = np.random.default_rng(seed)
+    sigma = level * float(array.max())
+    real = array + rng.normal(0.0, sigma, array.shape)
+    return np.sqrt(real**2 + rng.normal(0.0, sigma, array.shape) ** 2).astype(np.float32)
+
+
+def psnr(estimate: np.ndarray, clean: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB, the peak being the clean image's maximum."""
+    mse = float(np.mean((estimate.astype(np.float64) - clean) ** 2))
+    return 10.0 * np.log10(float(clean.max()) ** 2 / mse)
+
+
+def ssim(estimate: np.ndarray, clean: np.ndarray) -> float:
+    from skimage.metrics import structural_similarity
+
+    return float(structural_similarity(clean.astype(np.float64), estimate.astype(np.float64),
+                                       data_range=float(clean.max() - clean.min())))
+
+
+def thick_slices(array: np.ndarray, factor: int) -> np.ndarray:
+    """A thick-slice acquisition along axis 0: Gaussian slice profile (FWHM = new spacing), every factor-th slice."""
+    from scipy import ndimage
+
+    sigma = factor / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+    return ndimage.gaussian_filter1d(array.astype(np.float32), sigma, axis=0, mode="nearest")[::factor]

@@ -43,9 +43,12 @@ def autocast(compute: Compute, network: torch.nn.Module):
 
 
 def infer(network: torch.nn.Module, volume: torch.Tensor, roi: tuple[int, ...], overlap: float,
-          sw_batch_size: int, compute: Compute, out_channels: int, progress: Progress | None = None
-          ) -> torch.Tensor:
-    """Run `network` over a (1, C, X, Y, Z) CPU or device tensor; returns (1, K, X, Y, Z) logits."""
+          sw_batch_size: int, compute: Compute, out_channels: int, progress: Progress | None = None,
+          blend: str = "constant") -> torch.Tensor:
+    """Run `network` over a (1, C, X, Y, Z) CPU or device tensor; returns (1, K, X, Y, Z) outputs.
+
+    `blend` is MONAI's window weighting: "constant" for logits, "gaussian" for images (no seams).
+    """
     from monai.inferers import sliding_window_inference  # imported here: MONAI takes ~2 s to import
 
     report = progress or no_progress
@@ -63,7 +66,7 @@ def infer(network: torch.nn.Module, volume: torch.Tensor, roi: tuple[int, ...], 
     source = volume.to(target)
     try:
         with torch.inference_mode(), autocast(compute, network):
-            return sliding_window_inference(source, roi, sw_batch_size, predictor, overlap=overlap,
+            return sliding_window_inference(source, roi, sw_batch_size, predictor, overlap=overlap, mode=blend,
                                             sw_device=compute.device, device=target)
     except torch.cuda.OutOfMemoryError:
         if target.type == "cpu" and sw_batch_size == 1:
@@ -71,5 +74,5 @@ def infer(network: torch.nn.Module, volume: torch.Tensor, roi: tuple[int, ...], 
         torch.cuda.empty_cache()
         done = 0
         with torch.inference_mode(), autocast(compute, network):
-            return sliding_window_inference(volume.cpu(), roi, 1, predictor, overlap=overlap,
+            return sliding_window_inference(volume.cpu(), roi, 1, predictor, overlap=overlap, mode=blend,
                                             sw_device=compute.device, device=torch.device("cpu"))

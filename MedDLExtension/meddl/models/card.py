@@ -12,6 +12,7 @@ from ..errors import ModelError
 TASKS = ("segmentation", "classification", "enhancement", "registration")
 INTENSITY_METHODS = ("none", "zscore", "range", "quantile_zscore")
 REQUIRED_FIELDS = ("name", "task", "input.channels", "labels", "license")
+TASKS_WITHOUT_LABELS = ("enhancement", "registration")  # their outputs are images and fields, not classes
 
 # A distinct colour for each label without one (Slicer's generic anatomy palette, first entries).
 DEFAULT_COLORS = [
@@ -66,6 +67,8 @@ class ModelCard:
         """Channels the network must produce for these labels (classes, for a classifier)."""
         if self.task == "classification":
             return len(self.labels)
+        if self.task in TASKS_WITHOUT_LABELS:
+            return self.channels
         if self.mode == "argmax":
             return max(label.value for label in self.labels) + 1
         return len(self.labels)
@@ -82,7 +85,8 @@ def _get(data: dict[str, Any], dotted: str) -> Any:
 
 def missing_fields(data: dict[str, Any]) -> list[str]:
     """The required card fields that a card dictionary lacks or leaves empty."""
-    return [name for name in REQUIRED_FIELDS if _get(data, name) in (None, "", [])]
+    required = [name for name in REQUIRED_FIELDS if name != "labels" or data.get("task") not in TASKS_WITHOUT_LABELS]
+    return [name for name in required if _get(data, name) in (None, "", [])]
 
 
 def parse_label_names(text: str, error: type[Exception] = ModelError) -> dict[int, str]:
@@ -141,7 +145,8 @@ def card_from_dict(data: dict[str, Any], source: str = "model card") -> ModelCar
     spacing, roi = input_spec.get("spacing"), inference.get("roi_size")
     return ModelCard(
         name=str(data["name"]), task=task, channels=int(input_spec["channels"]),
-        labels=_parse_labels(data["labels"], zero_allowed=task == "classification"), license=str(data["license"]),
+        labels=() if task in TASKS_WITHOUT_LABELS else _parse_labels(data["labels"], task == "classification"),
+        license=str(data["license"]),
         title=data.get("title", data["name"]), description=data.get("description", ""),
         modality=input_spec.get("modality", data.get("modality", "")),
         spacing=tuple(float(s) for s in spacing) if spacing else None,

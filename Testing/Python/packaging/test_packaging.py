@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
 EXTENSION = ROOT / "MedDLExtension"
-MODULES = ["MedDLSegmentation", "MedDLClassification"]
+MODULES = ["MedDLSegmentation", "MedDLClassification", "MedDLEnhancement"]
 PACKAGES = {"meddl": "MEDDL_PYTHON", "MedDLLib": "MEDDLLIB_PYTHON", "MedDLWidgets": "MEDDLWIDGETS_PYTHON"}
 
 

@@ -1,0 +1,1 @@
+"""Enhancement: self-supervised denoising and through-plane super-resolution, and pretrained enhancement models."""

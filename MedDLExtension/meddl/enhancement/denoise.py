@@ -1,0 +1,117 @@
+"""Self-supervised denoising of one volume by blind-spot training (in the manner of Noise2Void / Noise2Self).
+
+A small 3D UNet learns to predict voxels from their surroundings: in every training patch a few
+voxels are replaced by a random neighbour's value and the loss counts only those voxels, so the
+network never sees the value it predicts. Noise that is independent from voxel to voxel cannot be
+predicted from the neighbours, the anatomy can: applied to the whole noisy volume, the network
+returns the anatomy. No clean data and no pretrained weights are needed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..image import Image
+from ..progress import Progress, no_progress, scaled
+from .intensity import Scaling, checked_scalar_volume
+
+
+@dataclass
+class DenoiseSettings:
+    steps: int = 600
+    patch: int = 32
+    batch_size: int = 4
+    blind_spot_share: float = 0.03  # voxels per patch hidden from the network and counted in the loss
+    neighbourhood: int = 2  # a hidden voxel takes the value of a random voxel at most this far away
+    channels: tuple[int, ...] = (24, 48, 96)
+    learning_rate: float = 2e-3
+    time_budget_s: Optional[float] = None
+    seed: int = 0
+    device: str = "auto"
+
+
+def denoiser_spec(settings: DenoiseSettings) -> dict:
+    """The network as a model card names it: a small MONAI UNet, one channel in and out."""
+    return {"class": "UNet", "args": {"spatial_dims": 3, "in_channels": 1, "out_channels": 1,
+                                      "channels": list(settings.channels),
+                                      "strides": [2] * (len(settings.channels) - 1), "num_res_units": 1,
+                                      "norm": None}}  # no instance norm: it would discard the intensity level
+
+
+def blind_spot_batch(volume: torch.Tensor, settings: DenoiseSettings, generator: torch.Generator):
+    """Patches, the same patches with hidden voxels replaced by neighbours, and the hidden-voxel mask."""
+    size, patch = torch.tensor(volume.shape), settings.patch
+    starts = (torch.rand(settings.batch_size, 3, generator=generator) * (size - patch + 1).clamp(min=1)).long()
+    clean = torch.stack([volume[s[0]:s[0] + patch, s[1]:s[1] + patch, s[2]:s[2] + patch] for s in starts])[:, None]
+    mask = torch.rand(clean.shape, generator=generator) < settings.blind_spot_share
+    where = torch.nonzero(mask)
+    reach = settings.neighbourhood
+    offsets = torch.randint(-reach, reach + 1, (len(where), 3), generator=generator)
+    offsets[(offsets == 0).all(dim=1), 0] = 1  # never the voxel itself
+    source = where.clone()
+    source[:, 2:] = (where[:, 2:] + offsets).clamp(min=0, max=patch - 1)
+    masked = clean.clone()
+    masked[tuple(where.T)] = clean[tuple(source.T)]
+    return clean, masked, mask
+
+
+def train_denoiser(volume: torch.Tensor, settings: DenoiseSettings, device: torch.device,
+                   report: Progress) -> torch.nn.Module:
+    """Blind-spot training on the (normalised) volume itself."""
+    torch.manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    from ..models.networks import build_monai_network
+
+    network = build_monai_network(denoiser_spec(settings), "denoiser").to(device).train()
+    optimiser = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, settings.learning_rate, total_steps=settings.steps)
+    started = time.monotonic()
+    for step in range(settings.steps):
+        clean, masked, mask = (t.to(device) for t in blind_spot_batch(volume, settings, generator))
+        optimiser.zero_grad()
+        loss = torch.mean((network(masked)[mask] - clean[mask]) ** 2)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        if step % 20 == 0 or step == settings.steps - 1:
+            report((step + 1) / settings.steps, f"learning the image: step {step + 1}/{settings.steps}")
+        if settings.time_budget_s and time.monotonic() - started > settings.time_budget_s:
+            break
+    return network.eval()
+
+
+def self_supervised_denoise(image: Image, settings: Optional[DenoiseSettings] = None,
+                            progress: Optional[Progress] = None, save_model: Optional[Path] = None) -> Image:
+    """A denoised copy of `image` on exactly its grid; the input is not changed.
+
+    With `save_model`, the trained network is also written as a checkpoint with its card, so that
+    images with similar noise can be denoised without training again.
+    """
+    from ..device import select_compute
+    from ..models.card import card_from_dict
+    from ..models.loading import LoadedModel
+    from .pretrained import enhance_with_model, save_denoiser
+
+    settings, report = settings or DenoiseSettings(), progress or no_progress
+    array = checked_scalar_volume(image)
+    if min(array.shape) < settings.patch:
+        settings = replace(settings, patch=max(4, 4 * (min(array.shape) // 4)))
+    volume = torch.from_numpy(Scaling.of(array).forward(array))
+    compute = select_compute(settings.device)
+    network = train_denoiser(volume, settings, compute.device, scaled(report, 0.0, 0.85))
+    card = {"name": "self-supervised denoiser", "task": "enhancement", "license": "-", "input": {"channels": 1},
+            "inference": {"roi_size": [64, 64, 64], "overlap": 0.5, "sw_batch_size": 4},
+            "enhancement": {"kind": "denoise"}, "network": denoiser_spec(settings)}
+    model = LoadedModel(card_from_dict({**card, "input": {"channels": 1, "intensity": {"method": "zscore"}}}),
+                        {"network": network})
+    denoised = enhance_with_model(image, model, str(compute.device), scaled(report, 0.85, 1.0))
+    if save_model:
+        sigma = float(np.median(np.abs(array - denoised.array)) * 1.4826)
+        save_denoiser(network, denoiser_spec(settings), save_model, sigma, f"an image of shape {array.shape}")
+    return denoised
