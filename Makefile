@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.meddl-installed
 
-.PHONY: demo test lint benchmark benchmark-classification benchmark-training clean
+.PHONY: demo test lint benchmark benchmark-classification benchmark-training benchmark-enhancement clean
 
 $(STAMP): pyproject.toml constraints.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ benchmark-classification: $(STAMP)
 
 benchmark-training: $(STAMP)
 	$(PY) benchmarks/training.py
+
+benchmark-enhancement: $(STAMP)
+	$(PY) benchmarks/enhancement.py
 
 clean:
 	rm -rf $(VENV) demo-output
