@@ -60,7 +60,7 @@ class EnhancementJob(FolderJob):
             set_volume_node_from_image(node, image)
             if node.GetDisplayNode() is None:
                 node.CreateDefaultDisplayNodes()
-        _copy_window_level(self.input_volume, node)
+        copy_window_level(self.input_volume, node)
         node.SetAttribute("MedDL.source", self.input_volume.GetName())
         for key, value in settings.items():
             if value is not None:
@@ -69,7 +69,7 @@ class EnhancementJob(FolderJob):
         return node
 
 
-def _copy_window_level(source, target) -> None:
+def copy_window_level(source, target) -> None:
     """The same window/level as the input, so the two compare at a glance."""
     shown, display = source.GetDisplayNode(), target.GetDisplayNode()
     if shown is None or display is None:

@@ -67,12 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_segment(commands)
     _add_models(commands)
-    from . import enhance_cli, train_cli
+    from . import enhance_cli, register_cli, train_cli
     from .classify_cli import add_commands
 
     add_commands(commands, _add_progress)
     train_cli.add_command(commands, _add_progress)
     enhance_cli.add_command(commands, _add_progress)
+    register_cli.add_command(commands, _add_progress)
     commands.add_parser("worker", help="serve jobs from JSON lines on stdin (Slicer's background worker)")
     return parser
 
@@ -118,7 +119,13 @@ def _run_enhance(args: argparse.Namespace, progress) -> dict:
     return run_enhance(args, progress)
 
 
-COMMANDS = {"segment": _run_segment, "models": _run_models, "classify": _run_classify,
+def _run_register(args: argparse.Namespace, progress) -> dict:
+    from .register_cli import run_register
+
+    return run_register(args, progress)
+
+
+COMMANDS = {"register": _run_register, "segment": _run_segment, "models": _run_models, "classify": _run_classify,
             "train-classifier": _run_train_classifier, "train": _run_train, "enhance": _run_enhance}
 
 

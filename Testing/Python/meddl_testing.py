@@ -218,3 +218,40 @@ def thick_slices(array: np.ndarray, factor: int) -> np.ndarray:
 
     sigma = factor / (2.0 * np.sqrt(2.0 * np.log(2.0)))
     return ndimage.gaussian_filter1d(array.astype(np.float32), sigma, axis=0, mode="nearest")[::factor]
+
+
+def smooth_random_field(grid: Image, amplitude_mm: float, control_points: int = 5, seed: int = 0) -> np.ndarray:
+    """A smooth random displacement field (k, j, i, 3) in LPS mm: random control vectors, cubic-interpolated."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    coarse = rng.normal(0.0, amplitude_mm, (control_points,) * 3 + (3,))
+    components = [ndimage.zoom(coarse[..., c], [n / control_points for n in grid.shape[:3]], order=3,
+                               grid_mode=True, mode="nearest") for c in range(3)]
+    return np.stack(components, axis=-1)
+
+
+def inverse_field(displacement: np.ndarray, grid: Image, iterations: int = 30) -> np.ndarray:
+    """D' with x + D'(x) = (id + D)^-1(x), by fixed-point iteration D'(x) = -D(x + D'(x))."""
+    import torch
+    from meddl.registration.fields import lps_points, sample
+
+    points = lps_points(grid)
+    field = torch.from_numpy(np.moveaxis(displacement, -1, 0).copy())
+    inverse = -field.clone()
+    for _ in range(iterations):
+        inverse = -sample(field, grid, points + inverse.permute(1, 2, 3, 0), padding="border")
+    return inverse.permute(1, 2, 3, 0).numpy()
+
+
+def deformed_copy(image: Image, labels: Image, amplitude_mm: float, seed: int = 0):
+    """(moving image, moving labels, true fixed->moving displacement) for a known smooth deformation.
+
+    moving(y) = image(y + G(y)) for a random smooth G, so the true registration is T = (id + G)^-1.
+    """
+    from meddl.registration.fields import warp
+
+    generator = smooth_random_field(image, amplitude_mm, seed=seed)
+    moving = warp(image, image, generator)
+    moving_labels = warp(labels, labels, generator, labels=True)
+    return moving, moving_labels, inverse_field(generator, image)

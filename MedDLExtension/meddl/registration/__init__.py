@@ -1,0 +1,1 @@
+"""Registration: affine pre-alignment and deformable instance optimisation into ITK displacement fields."""

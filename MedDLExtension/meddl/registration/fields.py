@@ -1,0 +1,91 @@
+"""Displacement fields in physical space, in the ITK convention Slicer, ANTs and elastix read.
+
+A transform maps points of the fixed image to points of the moving image, T(x) = x + D(x), with x
+in LPS millimetres; D is stored on the fixed image's grid as a (k, j, i, 3) array of LPS vectors.
+The warped moving image is moving(T(x)) sampled on the fixed grid. Sampling uses voxel-centre
+coordinates (grid_sample with align_corners=True), exactly like ITK's linear interpolator.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..image import Image
+
+
+def lps_points(image: Image) -> torch.Tensor:
+    """(k, j, i, 3) LPS coordinates of every voxel centre, float64."""
+    kk, jj, ii = torch.meshgrid(*(torch.arange(n, dtype=torch.float64) for n in image.shape[:3]), indexing="ij")
+    index = torch.stack([ii, jj, kk], dim=-1)  # (k, j, i, 3) holding (i, j, k)
+    matrix = torch.from_numpy(image.index_to_lps())
+    return index @ matrix[:3, :3].T + matrix[:3, 3]
+
+
+def normalised_coordinates(points: torch.Tensor, image: Image) -> torch.Tensor:
+    """LPS points -> grid_sample's [-1, 1] coordinates (x = i, y = j, z = k) on `image`'s grid."""
+    inverse = torch.from_numpy(np.linalg.inv(image.index_to_lps())).to(points.dtype)
+    index = points @ inverse[:3, :3].T + inverse[:3, 3]
+    size = torch.tensor([image.shape[2], image.shape[1], image.shape[0]], dtype=points.dtype)
+    return 2.0 * index / (size - 1).clamp(min=1) - 1.0
+
+
+def sample(volume: torch.Tensor, image: Image, points: torch.Tensor, mode: str = "bilinear",
+           padding: str = "zeros") -> torch.Tensor:
+    """Values of `volume` ((C, k, j, i) on `image`'s grid) at LPS `points` (..., 3); zero (or the border) outside."""
+    grid = normalised_coordinates(points, image).to(volume.dtype)
+    spatial = grid.shape[:-1]
+    flat = grid.reshape(1, 1, 1, -1, 3) if grid.dim() != 4 else grid[None]
+    values = torch.nn.functional.grid_sample(volume[None], flat, mode=mode, padding_mode=padding, align_corners=True)
+    return values[0].reshape(volume.shape[0], *spatial)
+
+
+def warp(moving: Image, fixed: Image, displacement: np.ndarray, labels: bool = False) -> Image:
+    """The moving image resampled on the fixed grid through T(x) = x + D(x) (nearest neighbour for labels)."""
+    points = lps_points(fixed) + torch.from_numpy(np.asarray(displacement, np.float64))
+    volume = torch.from_numpy(np.ascontiguousarray(moving.array, np.float64))[None]
+    warped = sample(volume, moving, points, "nearest" if labels else "bilinear")[0].numpy()
+    return fixed.with_array(warped.astype(moving.array.dtype if labels else np.float32))
+
+
+def jacobian_determinant(displacement: np.ndarray, grid: Image) -> np.ndarray:
+    """det(dT/dx) of T(x) = x + D(x) at every voxel, by central differences in physical space."""
+    linear = grid.index_to_lps()[:3, :3]
+    by_index = np.stack([np.gradient(displacement, axis=axis) for axis in (2, 1, 0)], axis=-1)  # d D / d(i, j, k)
+    jacobian = by_index @ np.linalg.inv(linear) + np.eye(3)
+    return np.linalg.det(jacobian)
+
+
+def folded_share(displacement: np.ndarray, grid: Image) -> float:
+    """The share of voxels where the transform folds (Jacobian determinant <= 0)."""
+    return float(np.mean(jacobian_determinant(displacement, grid) <= 0))
+
+
+def write_displacement_field(displacement: np.ndarray, grid: Image, path) -> None:
+    """An ITK displacement-field image (vector pixels, LPS mm, fixed -> moving) on the fixed grid, whole."""
+    import SimpleITK as sitk
+
+    from ..files import atomic_path
+    from ..io import image_suffix
+
+    field = sitk.GetImageFromArray(np.asarray(displacement, np.float64), isVector=True)
+    field.SetSpacing(grid.spacing)
+    field.SetOrigin(grid.origin)
+    field.SetDirection(tuple(np.asarray(grid.direction, float).ravel()))
+    with atomic_path(path, image_suffix(path)) as temporary:
+        sitk.WriteImage(field, str(temporary), useCompression=str(path).endswith(".gz"))
+
+
+def read_displacement_field(path) -> tuple[np.ndarray, Image]:
+    """(k, j, i, 3) LPS displacements and their grid from an ITK displacement-field file."""
+    import SimpleITK as sitk
+
+    field = sitk.ReadImage(str(path))
+    if field.GetNumberOfComponentsPerPixel() != 3 or field.GetDimension() != 3:
+        from ..errors import InputError
+
+        raise InputError(f"{path} is not a 3D displacement field (3-vector pixels)")
+    array = sitk.GetArrayFromImage(field).astype(np.float64)
+    grid = Image(np.zeros(array.shape[:3], np.float32), field.GetSpacing(), field.GetOrigin(),
+                 np.array(field.GetDirection()).reshape(3, 3))
+    return array, grid
