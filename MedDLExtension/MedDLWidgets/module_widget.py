@@ -24,16 +24,18 @@ class MedDLWidgetMixin:
     runner = None
     library = None
 
-    def setupMedDL(self, task: str) -> None:
+    def setupMedDL(self, task: str, withLibrary: bool = True) -> None:
         use_models_dir(slicer_models_dir(slicer.app.slicerUserSettingsFilePath))
-        self.library = ModelLibraryPanel(self.ui, task, self.onModelSelected,
-                                         lambda job, title, done: self.runner.start(job, title, lambda _j: done()))
+        if withLibrary:
+            self.library = ModelLibraryPanel(self.ui, task, self.onModelSelected,
+                                             lambda job, title, done: self.runner.start(job, title, lambda _j: done()))
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.runner = JobRunner(self.ui.progressBar, self.ui.statusLabel, self.ui.cancelButton,
                                 lambda running: self._checkCanApply())
         self.initializeParameterNode()
-        self.library.refresh(self._parameterNode.model)
+        if self.library:
+            self.library.refresh(self._parameterNode.model)
 
     def isRunning(self) -> bool:
         return bool(self.runner and self.runner.running)
