@@ -24,9 +24,9 @@ def lps_points(image: Image) -> torch.Tensor:
 
 def normalised_coordinates(points: torch.Tensor, image: Image) -> torch.Tensor:
     """LPS points -> grid_sample's [-1, 1] coordinates (x = i, y = j, z = k) on `image`'s grid."""
-    inverse = torch.from_numpy(np.linalg.inv(image.index_to_lps())).to(points.dtype)
+    inverse = torch.from_numpy(np.linalg.inv(image.index_to_lps())).to(points)
     index = points @ inverse[:3, :3].T + inverse[:3, 3]
-    size = torch.tensor([image.shape[2], image.shape[1], image.shape[0]], dtype=points.dtype)
+    size = torch.tensor([image.shape[2], image.shape[1], image.shape[0]]).to(points)
     return 2.0 * index / (size - 1).clamp(min=1) - 1.0
 
 

@@ -88,7 +88,7 @@ def similarity_loss(kind: str) -> torch.nn.Module:
 
 def centre_of_mass(volume: torch.Tensor, grid: Image) -> torch.Tensor:
     weights = volume.double() / volume.double().sum()
-    return (lps_points(grid) * weights[..., None]).sum(dim=(0, 1, 2))
+    return (lps_points(grid).to(weights.device) * weights[..., None]).sum(dim=(0, 1, 2))
 
 
 class AffineTransform(torch.nn.Module):
@@ -101,11 +101,12 @@ class AffineTransform(torch.nn.Module):
         self.translation = torch.nn.Parameter(translation.float().clone())
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
-        return (points - self.centre) @ (torch.eye(3) + self.linear).T + self.centre + self.translation
+        return (points - self.centre) @ (torch.eye(3).to(points) + self.linear).T + self.centre + self.translation
 
     def matrix(self) -> np.ndarray:
-        linear = (torch.eye(3) + self.linear).detach().double()
-        offset = self.centre.double() + self.translation.detach().double() - linear @ self.centre.double()
+        linear = (torch.eye(3) + self.linear.detach().cpu()).double()
+        centre, translation = self.centre.cpu().double(), self.translation.detach().cpu().double()
+        offset = centre + translation - linear @ centre
         out = np.eye(4)
         out[:3, :3], out[:3, 3] = linear.numpy(), offset.numpy()
         return out
@@ -124,10 +125,13 @@ class Registration:
     """One fixed/moving pair: the pyramid, the two stages, and the final full-resolution field."""
 
     def __init__(self, fixed: Image, moving: Image, settings: RegistrationSettings, report: Progress) -> None:
+        from ..device import select_compute
+
         check_pair(fixed, moving)
         self.fixed, self.moving, self.settings, self.report = fixed, moving, settings, report
-        self.fixed_volume = unit_range(fixed.array.astype(np.float32))
-        self.moving_volume = unit_range(moving.array.astype(np.float32))
+        self.device = select_compute(settings.device).device
+        self.fixed_volume = unit_range(fixed.array.astype(np.float32)).to(self.device)
+        self.moving_volume = unit_range(moving.array.astype(np.float32)).to(self.device)
         self.loss = similarity_loss(settings.similarity)
         self.started = time.monotonic()
 
@@ -138,11 +142,11 @@ class Registration:
     def _level(self, factor: int):
         fixed, grid = pooled(self.fixed_volume, self.fixed, factor)
         moving, moving_grid = pooled(self.moving_volume, self.moving, factor)
-        return fixed, grid, moving[None], moving_grid, lps_points(grid).float()
+        return fixed, grid, moving[None], moving_grid, lps_points(grid).float().to(self.device)
 
     def affine_stage(self) -> AffineTransform:
         shift = centre_of_mass(self.moving_volume, self.moving) - centre_of_mass(self.fixed_volume, self.fixed)
-        transform = AffineTransform(centre_of_mass(self.fixed_volume, self.fixed), shift)
+        transform = AffineTransform(centre_of_mass(self.fixed_volume, self.fixed), shift).to(self.device)
         optimiser = torch.optim.Adam([{"params": [transform.linear], "lr": 2e-3},
                                       {"params": [transform.translation], "lr": 0.5}])
         for index, factor in enumerate((4, 2)):
@@ -167,7 +171,7 @@ class Registration:
         for index, factor in enumerate(levels):
             fixed, level_grid, moving, moving_grid, points = self._level(factor)
             if velocity is None:
-                velocity = torch.zeros(3, *fixed.shape)
+                velocity = torch.zeros(3, *fixed.shape, device=self.device)
             else:
                 velocity = sample(velocity, grid, points, padding="border")
             velocity, grid = velocity.detach().requires_grad_(True), level_grid
@@ -178,7 +182,7 @@ class Registration:
                 displacement = self._displacement(velocity, grid, points)
                 moved = affine(points + displacement.permute(1, 2, 3, 0))
                 loss = self._similarity(fixed, moving, moving_grid, moved) + self.settings.smoothness * bending(
-                    displacement[None] / torch.tensor(grid.spacing[::-1]).float().view(1, 3, 1, 1, 1).mean())
+                    displacement[None] / float(np.mean(grid.spacing)))
                 loss.backward()
                 optimiser.step()
                 if step % 10 == 0:
@@ -203,14 +207,14 @@ class Registration:
     def run(self) -> RegistrationResult:
         affine = self.affine_stage().requires_grad_(False)
         deformation = self.deformable_stage(affine) if self.settings.method == "deformable" else None
-        points = lps_points(self.fixed).float()
+        points = lps_points(self.fixed).float().to(self.device)
         with torch.no_grad():
             moved = points
             if deformation is not None:
                 velocity, grid = deformation
-                coarse = self._displacement(velocity, grid, lps_points(grid).float())
+                coarse = self._displacement(velocity, grid, lps_points(grid).float().to(self.device))
                 moved = points + sample(coarse, grid, points, padding="border").permute(1, 2, 3, 0)
-            total = (affine(moved) - points).double().numpy()
+            total = (affine(moved) - points).double().cpu().numpy()
         self.report(1.0, "registered")
         return RegistrationResult(total, affine.matrix(), {"folded_share": folded_share(total, self.fixed)})
 
