@@ -125,8 +125,15 @@ def _run_register(args: argparse.Namespace, progress) -> dict:
     return run_register(args, progress)
 
 
-COMMANDS = {"register": _run_register, "segment": _run_segment, "models": _run_models, "classify": _run_classify,
-            "train-classifier": _run_train_classifier, "train": _run_train, "enhance": _run_enhance}
+def _run_train_registration(args: argparse.Namespace, progress) -> dict:
+    from .register_cli import run_train_registration
+
+    return run_train_registration(args, progress)
+
+
+COMMANDS = {"segment": _run_segment, "models": _run_models, "classify": _run_classify,
+            "train-classifier": _run_train_classifier, "train": _run_train, "enhance": _run_enhance,
+            "register": _run_register, "train-registration": _run_train_registration}
 
 
 def execute(args: argparse.Namespace, progress) -> dict:

@@ -15,7 +15,10 @@ STATE_DICT_KEYS = ("state_dict", "model", "network", "model_state_dict")
 
 
 def build_monai_network(spec: dict[str, Any] | None, source: str) -> torch.nn.Module:
-    """Instantiate a `monai.networks.nets` class named by a card's {"class", "args"}."""
+    """Instantiate a `monai.networks.nets` class named by a card's {"class", "args"}.
+
+    An argument that is itself {"class", "args"} is built the same way (e.g. VoxelMorph's backbone).
+    """
     import monai.networks.nets as nets
 
     if not spec or "class" not in spec:
@@ -24,8 +27,10 @@ def build_monai_network(spec: dict[str, Any] | None, source: str) -> torch.nn.Mo
     network_class = getattr(nets, name, None)
     if not (isinstance(network_class, type) and issubclass(network_class, torch.nn.Module)):
         raise ModelError(f"{source}: {spec['class']!r} is not a network class of monai.networks.nets")
+    args = {key: build_monai_network(value, source) if isinstance(value, dict) and "class" in value else value
+            for key, value in spec.get("args", {}).items()}
     try:
-        return network_class(**spec.get("args", {}))
+        return network_class(**args)
     except (TypeError, ValueError, AssertionError) as error:
         raise ModelError(f"{source}: cannot build {name} with the card's arguments: {error}") from None
 

@@ -31,7 +31,7 @@ class RegistrationSettings:
     similarity: str = "lncc"  # "lncc": one modality; "mi": mutual information, for two modalities
     levels: tuple[int, ...] = (4, 2, 1)  # pyramid: downsampling factors of the deformable stage
     affine_iterations: int = 80  # per level (1/4, then 1/2 resolution)
-    deformable_iterations: tuple[int, ...] = (80, 60, 20)  # per level of `levels`
+    deformable_iterations: tuple[int, ...] = (80, 60, 40)  # per level of `levels`
     smoothness: float = 2.0  # weight of the bending energy
     squaring_steps: int = 6  # 0: a plain displacement field instead of a diffeomorphic one
     learning_rate: float = 0.5  # mm per step for the velocity field
@@ -163,10 +163,12 @@ class Registration:
                     break
         return transform
 
-    def deformable_stage(self, affine: AffineTransform) -> tuple[torch.Tensor, Image]:
+    def deformable_stage(self, affine: AffineTransform,
+                         initial: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Image]:
+        """The velocity field and its grid; `initial` (3, k, j, i) on the fixed grid starts it (e.g. a network's)."""
         from monai.losses import BendingEnergyLoss
 
-        bending, velocity, grid = BendingEnergyLoss(), None, None
+        bending, velocity, grid = BendingEnergyLoss(), initial, (self.fixed if initial is not None else None)
         levels = self.settings.levels
         for index, factor in enumerate(levels):
             fixed, level_grid, moving, moving_grid, points = self._level(factor)
@@ -204,9 +206,11 @@ class Registration:
             return integrate(velocity, grid, points, self.settings.squaring_steps)
         return velocity
 
-    def run(self) -> RegistrationResult:
-        affine = self.affine_stage().requires_grad_(False)
-        deformation = self.deformable_stage(affine) if self.settings.method == "deformable" else None
+    def run(self, affine: Optional[AffineTransform] = None, initial: Optional[torch.Tensor] = None
+            ) -> RegistrationResult:
+        """Both stages (or only the deformable one, from a given affine and starting displacement)."""
+        affine = affine or self.affine_stage().requires_grad_(False)
+        deformation = self.deformable_stage(affine, initial) if self.settings.method == "deformable" else None
         points = lps_points(self.fixed).float().to(self.device)
         with torch.no_grad():
             moved = points
@@ -215,6 +219,9 @@ class Registration:
                 coarse = self._displacement(velocity, grid, lps_points(grid).float().to(self.device))
                 moved = points + sample(coarse, grid, points, padding="border").permute(1, 2, 3, 0)
             total = (affine(moved) - points).double().cpu().numpy()
+        return self.result(total, affine)
+
+    def result(self, total: np.ndarray, affine: AffineTransform) -> RegistrationResult:
         self.report(1.0, "registered")
         return RegistrationResult(total, affine.matrix(), {"folded_share": folded_share(total, self.fixed)})
 

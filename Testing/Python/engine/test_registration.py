@@ -119,3 +119,53 @@ def test_command_line_writes_everything_or_nothing(oblique, tmp_path):
     assert main(["register", str(flat), str(tmp_path / "moving.nii.gz"), "--out-transform",
                  str(tmp_path / "never.nii.gz"), "--progress", "none"]) == 3
     assert not (tmp_path / "never.nii.gz").exists()
+
+
+@pytest.fixture(scope="module")
+def coarse(mni):
+    """The MNI T1 and tissue labels at 4 mm, and a smoothly deformed copy (3 mm control vectors)."""
+    image, labels = mni_tissue_volume(mni)
+
+    def half(volume):
+        return Image(np.ascontiguousarray(volume.array[::2, ::2, ::2]), tuple(2 * s for s in volume.spacing),
+                     volume.origin, volume.direction)
+
+    image, labels = half(image), half(labels)
+    return image, labels, deformed_copy(image, labels, 3.0, seed=20)
+
+
+def test_train_registration_writes_a_voxelmorph_model_that_registers_and_refines(coarse, tmp_path):
+    """The learned path end to end on CPU: a few training steps only, so quality is the refinement's."""
+    from meddl.models.loading import load_model
+
+    image, labels, (moving, moving_labels, _) = coarse
+    paths = []
+    for index, volume in enumerate([image] + [deformed_copy(image, labels, 3.0, seed=s)[0] for s in (1, 2)]):
+        paths.append(str(write_image(volume, tmp_path / f"train{index}.nii.gz")))
+    assert main(["train-registration", "--images", *paths, "--out", str(tmp_path / "vm.pt"), "--steps", "5",
+                 "--progress", "none"]) == 0
+    model = load_model(tmp_path / "vm.pt")
+    assert model.card.task == "registration" and model.card.network["class"] == "VoxelMorph"
+    write_image(image, tmp_path / "fixed.nii.gz")
+    write_image(moving, tmp_path / "moving.nii.gz")
+    write_image(moving_labels, tmp_path / "labels.nii.gz")
+    assert main(["register", str(tmp_path / "fixed.nii.gz"), str(tmp_path / "moving.nii.gz"), "--model",
+                 str(tmp_path / "vm.pt"), "--refine", "--out-transform", str(tmp_path / "t.nii.gz"),
+                 "--moving-labels", str(tmp_path / "labels.nii.gz"), "--out-warped-labels",
+                 str(tmp_path / "carried.nii.gz"), "--progress", "none"]) == 0
+    carried = read_image(tmp_path / "carried.nii.gz").array
+    for value in (1, 2):
+        assert dice(carried == value, labels.array == value) >= RECOVERED_DICE
+    field, grid = read_displacement_field(tmp_path / "t.nii.gz")
+    assert grid.same_grid(image) and folded_share(field, grid) < 0.001
+
+
+def test_a_segmentation_model_is_not_a_registration_model(coarse, tmp_path):
+    from meddl.errors import ModelError
+    from meddl.models.loading import load_model
+    from meddl.registration.learned import learned_register
+    from meddl_testing import write_band_model
+
+    image, _, (moving, _, _) = coarse
+    with pytest.raises(ModelError, match="not a registration model"):
+        learned_register(image, moving, load_model(write_band_model(tmp_path)))
