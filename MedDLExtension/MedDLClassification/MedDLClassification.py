@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Optional
 
 import ctk
 import slicer
 from MedDLLib.classification_job import ClassificationJob
 from MedDLLib.dependencies import ensure_dependencies
-from MedDLLib.jobs import JobState
+from MedDLLib.jobs import finish_within
 from MedDLWidgets.module_widget import MedDLWidgetMixin
 from slicer import vtkMRMLMarkupsROINode, vtkMRMLTableNode
 from slicer.i18n import tr as _
@@ -121,11 +120,7 @@ class MedDLClassificationLogic(ScriptedLoadableModuleLogic):
                 timeout: Optional[float] = None):
         """Classify and wait (scripts and tests); returns the table node and the job (for its saliency nodes)."""
         job = self.start(volumes, model, device, outputTable, None, computeSaliency)
-        if job.wait(timeout) is JobState.RUNNING:
-            job.cancel()
-            raise TimeoutError(f"classification did not finish in {timeout} s")
-        logging.info("MedDL classification finished: %s", job.engine.message)
-        return job.finish(), job
+        return finish_within(job, timeout, "classification"), job
 
 
 class MedDLClassificationTest(ScriptedLoadableModuleTest):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Optional
 
 import ctk
 import slicer
 from MedDLLib.dependencies import ensure_dependencies
 from MedDLLib.enhancement_job import EnhancementJob
-from MedDLLib.jobs import JobState
+from MedDLLib.jobs import JobState, finish_within
 from MedDLWidgets.module_widget import MedDLWidgetMixin
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
@@ -128,11 +127,7 @@ class MedDLEnhancementLogic(ScriptedLoadableModuleLogic):
                 steps: Optional[int] = None, factor: Optional[int] = None, timeout: Optional[float] = None):
         """Enhance and wait (scripts and tests); raises with the worker's message."""
         job = self.start(inputVolume, task, model, device, steps, factor)
-        if job.wait(timeout) is JobState.RUNNING:
-            job.cancel()
-            raise TimeoutError(f"enhancement did not finish in {timeout} s")
-        logging.info("MedDL enhancement finished: %s", job.engine.message)
-        return job.finish()
+        return finish_within(job, timeout, "enhancement")
 
 
 class MedDLEnhancementTest(ScriptedLoadableModuleTest):

@@ -201,18 +201,31 @@ class EngineJob:
 
     def wait(self, timeout: float | None = None) -> JobState:
         """Block until the job ends (or `timeout` seconds pass) and return the state."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        self.poll()
-        while self.state is JobState.RUNNING and (deadline is None or time.monotonic() < deadline):
-            time.sleep(POLL_SECONDS)
-            self.poll()
-        return self.state
+        return wait_polling(self, timeout)
 
     def cancel(self) -> None:
         """Stop the job now by killing its worker; the job ends as CANCELLED."""
         if self.state is JobState.RUNNING:
             self.worker.kill()
             self.state, self.message = JobState.CANCELLED, "cancelled"
+
+
+def wait_polling(job, timeout: float | None) -> JobState:
+    """Poll `job` until it ends or `timeout` seconds pass; returns its state."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    job.poll()
+    while job.state is JobState.RUNNING and (deadline is None or time.monotonic() < deadline):
+        time.sleep(POLL_SECONDS)
+        job.poll()
+    return job.state
+
+
+def finish_within(job, timeout: float | None, what: str):
+    """Wait for a job (scripts, tests, the console) and return `job.finish()`; cancel it past `timeout`."""
+    if job.wait(timeout) is JobState.RUNNING:
+        job.cancel()
+        raise TimeoutError(f"{what} did not finish in {timeout} s")
+    return job.finish()
 
 
 def _new_process_group() -> dict[str, Any]:
@@ -259,12 +272,7 @@ class FolderJob:
 
     def wait(self, timeout: float | None = None) -> JobState:
         """Block until the job ends (or `timeout` seconds pass), polling through `poll()` so subclasses see events."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        self.poll()
-        while self.state is JobState.RUNNING and (deadline is None or time.monotonic() < deadline):
-            time.sleep(POLL_SECONDS)
-            self.poll()
-        return self.state
+        return wait_polling(self, timeout)
 
     def cancel(self) -> None:
         self.engine.cancel()

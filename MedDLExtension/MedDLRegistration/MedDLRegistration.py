@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Optional
 
 import slicer
 from MedDLLib.dependencies import ensure_dependencies
-from MedDLLib.jobs import JobState
+from MedDLLib.jobs import JobState, finish_within
 from MedDLLib.registration_job import RegistrationJob, RegistrationOutputs
 from MedDLWidgets.module_widget import MedDLWidgetMixin
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
@@ -117,11 +116,7 @@ class MedDLRegistrationLogic(ScriptedLoadableModuleLogic):
                 similarity: str = "lncc", device: str = "auto", timeout: Optional[float] = None):
         """Register and wait (scripts and tests); returns the RegistrationOutputs."""
         job = self.start(fixedVolume, movingVolume, movingSegmentation, method, similarity, device)
-        if job.wait(timeout) is JobState.RUNNING:
-            job.cancel()
-            raise TimeoutError(f"registration did not finish in {timeout} s")
-        logging.info("MedDL registration finished: %s", job.engine.message)
-        return job.finish()
+        return finish_within(job, timeout, "registration")
 
 
 class MedDLRegistrationTest(ScriptedLoadableModuleTest):

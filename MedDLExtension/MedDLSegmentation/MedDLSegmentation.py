@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Optional
 
 import ctk
 import slicer
 from meddl.models import catalog
 from MedDLLib.dependencies import ensure_dependencies
-from MedDLLib.jobs import JobState
+from MedDLLib.jobs import JobState, finish_within
 from MedDLLib.segmentation_job import SegmentationJob
 from MedDLLib.training_job import TrainingJob
 from MedDLWidgets.module_widget import MedDLWidgetMixin
@@ -175,11 +174,7 @@ class MedDLSegmentationLogic(ScriptedLoadableModuleLogic):
                 outputSegmentation=None, timeout: Optional[float] = None):
         """Segment and wait for the result (scripts and tests); raises with the worker's message."""
         job = self.start(inputVolume, model, device, outputSegmentation)
-        if job.wait(timeout) is JobState.RUNNING:
-            job.cancel()
-            raise TimeoutError(f"segmentation did not finish in {timeout} s")
-        logging.info("MedDL segmentation finished: %s", job.engine.message)
-        return job.finish()
+        return finish_within(job, timeout, "segmentation")
 
 
 class MedDLSegmentationTest(ScriptedLoadableModuleTest):

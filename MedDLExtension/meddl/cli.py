@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import traceback
@@ -89,51 +90,20 @@ def _run_segment(args: argparse.Namespace, progress) -> dict:
             "model": result.card.name}
 
 
-def _run_models(args: argparse.Namespace, progress) -> dict:
-    from .library import commands
+def _lazy(module: str, function: str):
+    """A command runner that imports its module only when the command runs (start-up stays fast)."""
 
-    return commands.run(args, progress)
+    def run(args: argparse.Namespace, progress) -> dict:
+        return getattr(importlib.import_module(f"meddl.{module}"), function)(args, progress)
 
-
-def _run_classify(args: argparse.Namespace, progress) -> dict:
-    from .classify_cli import run_classify
-
-    return run_classify(args, progress)
+    return run
 
 
-def _run_train_classifier(args: argparse.Namespace, progress) -> dict:
-    from .classify_cli import run_train
-
-    return run_train(args, progress)
-
-
-def _run_train(args: argparse.Namespace, progress) -> dict:
-    from .train_cli import run_train
-
-    return run_train(args, progress)
-
-
-def _run_enhance(args: argparse.Namespace, progress) -> dict:
-    from .enhance_cli import run_enhance
-
-    return run_enhance(args, progress)
-
-
-def _run_register(args: argparse.Namespace, progress) -> dict:
-    from .register_cli import run_register
-
-    return run_register(args, progress)
-
-
-def _run_train_registration(args: argparse.Namespace, progress) -> dict:
-    from .register_cli import run_train_registration
-
-    return run_train_registration(args, progress)
-
-
-COMMANDS = {"segment": _run_segment, "models": _run_models, "classify": _run_classify,
-            "train-classifier": _run_train_classifier, "train": _run_train, "enhance": _run_enhance,
-            "register": _run_register, "train-registration": _run_train_registration}
+COMMANDS = {"segment": _run_segment, "models": _lazy("library.commands", "run"),
+            "classify": _lazy("classify_cli", "run_classify"), "train-classifier": _lazy("classify_cli", "run_train"),
+            "train": _lazy("train_cli", "run_train"), "enhance": _lazy("enhance_cli", "run_enhance"),
+            "register": _lazy("register_cli", "run_register"),
+            "train-registration": _lazy("register_cli", "run_train_registration")}
 
 
 def execute(args: argparse.Namespace, progress) -> dict:

@@ -97,3 +97,13 @@ def test_real_brain_extraction_through_the_worker(headless, mni):
     node = job.finish()
     brain = label_map_from_segmentation(node, volume, ["Brain"])
     assert 1.5e6 < int(brain.sum()) < 2.5e6  # about 1.95 million 1 mm voxels: an adult brain
+
+
+def test_waiting_past_the_timeout_cancels_and_leaves_the_scene_unchanged(scene, volume, tmp_path):
+    from MedDLLib.jobs import finish_within
+
+    count = scene.GetNumberOfNodes()
+    job = SegmentationJob(scene, volume, str(write_band_model(tmp_path)), "cpu")
+    with pytest.raises(TimeoutError, match="segmentation did not finish in 0.001 s"):
+        finish_within(job, 0.001, "segmentation")
+    assert job.state is JobState.CANCELLED and scene.GetNumberOfNodes() == count and not job.folder.exists()
