@@ -23,7 +23,8 @@ def add_command(commands: argparse._SubParsersAction, add_progress) -> None:
     train.add_argument("--epochs", type=int, default=20)
     train.add_argument("--steps-per-epoch", type=int, default=20)
     train.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
-    train.add_argument("--patch-size", default="48,48,48")
+    train.add_argument("--patch-size", default="auto",
+                       help="i,j,k voxels (default: about 64 mm per axis from the data's size and spacing)")
     train.add_argument("--batch-size", type=int, default=2)
     train.add_argument("--validate-every", type=int, default=5, help="epochs between validations")
     train.add_argument("--few-shot", choices=["auto", "off"], default="auto",
@@ -58,7 +59,8 @@ def run_train(args: argparse.Namespace, progress) -> dict:
     from .training.segmentation import SegmentationTrainingSettings, train_segmentation
 
     settings = SegmentationTrainingSettings(
-        patch_size=tuple(int(n) for n in args.patch_size.split(",")), epochs=args.epochs,
+        patch_size=None if args.patch_size == "auto" else tuple(int(n) for n in args.patch_size.split(",")),
+        epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch, time_budget_s=args.time_budget, batch_size=args.batch_size,
         device=args.device, init_from=args.init_from, validate_every=args.validate_every, few_shot=args.few_shot)
     labels = parse_label_names(args.label_names, InputError)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -29,7 +29,7 @@ from .patches import PatchDataset, sparse_axis
 
 @dataclass
 class SegmentationTrainingSettings:
-    patch_size: tuple[int, int, int] = (48, 48, 48)
+    patch_size: Optional[tuple[int, int, int]] = None  # (i, j, k); None: chosen from the data's size and spacing
     slice_patch: int = 96  # in-plane size of the one-slice patches used for sparse (few-shot) labels
     few_shot: str = "auto"  # "auto": train slice by slice on the labelled slices when labels are sparse; "off"
     epochs: int = 20
@@ -75,6 +75,22 @@ def choose_slice_axis(pairs: Sequence[tuple[Image, Image]], few_shot: str) -> Op
         return None
     axes = [sparse_axis(label.array.T) for _, label in pairs]
     return next((axis for axis in axes if axis is not None), None)
+
+
+PATCH_EXTENT_MM = 64.0  # a default patch covers about this much along each axis
+
+
+def default_patch_size(images: Sequence[Image], levels: int) -> tuple[int, int, int]:
+    """(i, j, k) patch: about 64 mm on each axis (fewer voxels along thick slices), a multiple of
+    2**levels, at least 16 voxels, and no larger than the smallest volume needs."""
+    multiple = 2**levels
+    spacing = np.min([image.spacing for image in images], axis=0)
+    smallest = np.min([image.shape[::-1] for image in images], axis=0)
+    patch = []
+    for axis in range(3):
+        wanted = min(PATCH_EXTENT_MM / spacing[axis], 96, int(np.ceil(smallest[axis] / multiple)) * multiple)
+        patch.append(max(16, int(round(wanted / multiple)) * multiple))
+    return tuple(patch)
 
 
 def _card(labels: dict[int, str], settings: SegmentationTrainingSettings, name: str,
@@ -136,6 +152,9 @@ def train_segmentation(pairs: Sequence[tuple[Image, Image]], labels: dict[int, s
     """
     settings, out = settings or SegmentationTrainingSettings(), Path(out)
     check_pairs(pairs, labels)
+    if settings.patch_size is None:
+        settings = replace(settings, patch_size=default_patch_size([image for image, _ in pairs],
+                                                                   len(settings.channels) - 1))
     if validation:
         check_pairs(validation, labels)
     if out.exists() and any(out.iterdir()):

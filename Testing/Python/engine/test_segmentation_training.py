@@ -201,3 +201,14 @@ def test_a_run_stopped_midway_leaves_the_best_checkpoint_whole(slabs, tmp_path):
     loaded = load_model(tmp_path / "stopped")
     assert "weights of epoch" in loaded.card.provenance
     assert [p.name for p in tmp_path.iterdir()] == ["stopped"]  # no staging folder left behind
+
+
+def test_default_patch_follows_the_data_size_and_spacing():
+    from meddl.training.segmentation import default_patch_size
+
+    thin = Image(np.zeros((200, 256, 256), np.float32), (0.8, 0.8, 1.0))  # (i, j, k) spacing
+    thick = Image(np.zeros((30, 256, 256), np.float32), (0.8, 0.8, 5.0))
+    small = Image(np.zeros((20, 40, 40), np.float32), (2.0, 2.0, 2.0))
+    assert default_patch_size([thin], 3) == (80, 80, 64)
+    assert default_patch_size([thick], 3) == (80, 80, 16)  # 64 mm / 5 mm = 13 -> at least 16 slices
+    assert default_patch_size([small], 3) == (32, 32, 24)  # 20 slices: 24, the next multiple of 8
