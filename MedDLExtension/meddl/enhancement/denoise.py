@@ -32,6 +32,7 @@ class DenoiseSettings:
     channels: tuple[int, ...] = (24, 48, 96)
     learning_rate: float = 2e-3
     time_budget_s: Optional[float] = None
+    flip_average: bool = True  # average the 8 axis flips at inference (about +0.8 dB)
     seed: int = 0
     device: str = "auto"
 
@@ -110,7 +111,8 @@ def self_supervised_denoise(image: Image, settings: Optional[DenoiseSettings] = 
             "enhancement": {"kind": "denoise"}, "network": denoiser_spec(settings)}
     model = LoadedModel(card_from_dict({**card, "input": {"channels": 1, "intensity": {"method": "zscore"}}}),
                         {"network": network})
-    denoised = enhance_with_model(image, model, str(compute.device), scaled(report, 0.85, 1.0))
+    denoised = enhance_with_model(image, model, str(compute.device), scaled(report, 0.85, 1.0),
+                                  flip_average=settings.flip_average)
     if save_model:
         sigma = float(np.median(np.abs(array - denoised.array)) * 1.4826)
         save_denoiser(network, denoiser_spec(settings), save_model, sigma, f"an image of shape {array.shape}")

@@ -20,7 +20,7 @@ from ..errors import ModelError
 from ..files import atomic_path
 from ..image import Image
 from ..models.loading import LoadedModel
-from ..progress import Progress, no_progress
+from ..progress import Progress, no_progress, scaled
 from .intensity import Scaling, checked_scalar_volume
 from .superres import cubic_upsample, through_plane_axis, upsampled_image, upsampling_factor
 
@@ -34,9 +34,16 @@ def enhancement_kind(model: LoadedModel) -> str:
     return kind
 
 
+FLIPS = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))
+
+
 def enhance_with_model(image: Image, model: LoadedModel, device: str = "auto",
-                       progress: Optional[Progress] = None) -> Image:
-    """Run a pretrained denoising or super-resolution model by sliding window; the input is not changed."""
+                       progress: Optional[Progress] = None, flip_average: bool = False) -> Image:
+    """Run a pretrained denoising or super-resolution model by sliding window; the input is not changed.
+
+    `flip_average` averages the outputs for the 8 axis flips of the input (a denoiser's errors
+    differ between flips, its anatomy does not: about +0.8 dB PSNR for 8 times the inference).
+    """
     from ..device import select_compute
     from ..inference.sliding_window import infer
 
@@ -52,9 +59,11 @@ def enhance_with_model(image: Image, model: LoadedModel, device: str = "auto",
     scaling = Scaling.of(array) if method == "zscore" else Scaling(0.0, 1.0)
     compute = select_compute(device)
     network = model.networks["network"].to(compute.device).eval()
-    volume = torch.from_numpy(np.ascontiguousarray(scaling.forward(array).T))  # (i, j, k), as models see it
-    result = infer(network, volume[None, None], card.roi_size or (64, 64, 64), card.overlap, card.sw_batch_size,
-                   compute, card.out_channels, report, blend="gaussian")[0, 0]
+    volume = torch.from_numpy(np.ascontiguousarray(scaling.forward(array).T))[None, None]  # (i, j, k)
+    flips = FLIPS if flip_average else FLIPS[:1]
+    result = sum(infer(network, volume.flip(axes), card.roi_size or (64, 64, 64), card.overlap, card.sw_batch_size,
+                       compute, card.out_channels, scaled(report, n / len(flips), (n + 1) / len(flips)),
+                       blend="gaussian").flip(axes)[0, 0] for n, axes in enumerate(flips)) / len(flips)
     enhanced = scaling.back(np.ascontiguousarray(result.float().cpu().numpy().T))
     return upsampled_image(image, enhanced, axis, factor) if factor > 1 else image.with_array(enhanced)
 
