@@ -12,16 +12,13 @@ import vtk
 SLICE_MANAGERS = ("vtkMRMLSegmentationsDisplayableManager2D",)
 
 
-def render_slice_view(headless, volume_node, path: str, orientation: str = "Axial", size: int = 512,
-                      offset: float | None = None, name: str = "Red") -> str:
-    """Render the volume (and visible segmentations) in a slice view and write a PNG."""
+def _layered_window(size: int):
+    """An off-screen window: resliced volume layers in layer 0, displayable managers' actors in layer 1."""
     window = vtk.vtkRenderWindow()
     window.SetOffScreenRendering(1)
     window.SetSize(size, size)
     window.SetAlphaBitPlanes(1)
-    # the resliced volume layers in layer 0, the displayable managers' actors above them in layer 1
-    renderer = vtk.vtkRenderer()
-    overlay = vtk.vtkRenderer()
+    renderer, overlay = vtk.vtkRenderer(), vtk.vtkRenderer()
     window.SetNumberOfLayers(2)
     for layer, layer_renderer in enumerate((renderer, overlay)):
         layer_renderer.SetLayer(layer)
@@ -30,15 +27,20 @@ def render_slice_view(headless, volume_node, path: str, orientation: str = "Axia
     interactor = vtk.vtkGenericRenderWindowInteractor()  # displayable managers observe the interactor
     interactor.SetRenderWindow(window)
     interactor.Initialize()
+    return window, renderer, overlay, interactor
 
+
+def _slice_logic(headless, volume_node, name: str, orientation: str):
     logic = slicer.vtkMRMLSliceLogic()
     logic.SetMRMLApplicationLogic(headless.application_logic)
     headless.application_logic.GetSliceLogics().AddItem(logic)
     logic.SetMRMLScene(headless.scene)
-    slice_node = logic.AddSliceNode(name)
-    slice_node.SetOrientation(orientation)
+    logic.AddSliceNode(name).SetOrientation(orientation)
     logic.GetSliceCompositeNode().SetBackgroundVolumeID(volume_node.GetID())
+    return logic
 
+
+def _displayable_managers(headless, overlay, slice_node):
     factory = slicer.vtkMRMLSliceViewDisplayableManagerFactory.GetInstance()
     factory.SetMRMLApplicationLogic(headless.application_logic)
     for manager in SLICE_MANAGERS:
@@ -47,13 +49,30 @@ def render_slice_view(headless, volume_node, path: str, orientation: str = "Axia
     group = slicer.vtkMRMLDisplayableManagerGroup()
     group.Initialize(factory, overlay)
     group.SetMRMLDisplayableNode(slice_node)
+    return group
 
+
+def _write_png(window, path: str) -> None:
+    capture = vtk.vtkWindowToImageFilter()
+    capture.SetInput(window)
+    capture.Update()
+    writer = vtk.vtkPNGWriter()
+    writer.SetFileName(str(path))
+    writer.SetInputConnection(capture.GetOutputPort())
+    writer.Write()
+
+
+def render_slice_view(headless, volume_node, path: str, orientation: str = "Axial", size: int = 512,
+                      offset: float | None = None, name: str = "Red") -> str:
+    """Render the volume (and visible segmentations) in a slice view and write a PNG."""
+    window, renderer, overlay, _interactor = _layered_window(size)
+    logic = _slice_logic(headless, volume_node, name, orientation)
+    _group = _displayable_managers(headless, overlay, logic.GetSliceNode())  # kept alive while rendering
     logic.ResizeSliceNode(size, size)
     logic.FitSliceToBackground()
     if offset is not None:
         logic.SetSliceOffset(offset)
     logic.SnapSliceOffsetToIJK()
-
     mapper = vtk.vtkImageMapper()
     mapper.SetColorWindow(255)
     mapper.SetColorLevel(127.5)
@@ -63,14 +82,7 @@ def render_slice_view(headless, volume_node, path: str, orientation: str = "Axia
     actor.GetProperty().SetDisplayLocationToBackground()
     renderer.AddViewProp(actor)
     window.Render()
-
-    capture = vtk.vtkWindowToImageFilter()
-    capture.SetInput(window)
-    capture.Update()
-    writer = vtk.vtkPNGWriter()
-    writer.SetFileName(str(path))
-    writer.SetInputConnection(capture.GetOutputPort())
-    writer.Write()
+    _write_png(window, path)
     headless.application_logic.GetSliceLogics().RemoveItem(logic)
     window.Finalize()
     return str(path)
