@@ -50,7 +50,7 @@ class MedDLEnhancementParameterNode:
     task: Annotated[str, Choice(["denoise", "superres"])] = "denoise"
     method: Annotated[str, Choice(["self-supervised", "model"])] = "self-supervised"
     model: str = ""
-    steps: int = 600
+    steps: int = 0  # 0: the method's default
     factor: int = 0
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     outputVolume: vtkMRMLScalarVolumeNode
@@ -94,7 +94,8 @@ class MedDLEnhancementWidget(MedDLWidgetMixin, ScriptedLoadableModuleWidget, VTK
         p = self._parameterNode
         model = (self.ui.modelPathLineEdit.currentPath or p.model) if p.method == "model" else None
         try:
-            job = self.logic.start(p.inputVolume, p.task, model, p.device, p.steps, p.factor or None, p.outputVolume)
+            job = self.logic.start(p.inputVolume, p.task, model, p.device, p.steps or None, p.factor or None,
+                                   p.outputVolume)
         except Exception as error:
             slicer.util.errorDisplay(_("Cannot start enhancement: {error}").format(error=error))
             return

@@ -44,7 +44,7 @@ class EnhancementJob(FolderJob):
                      "--no-compress"]
         for option, value in (("--model", model), ("--steps", steps), ("--factor", factor),
                               ("--time-budget", time_budget_s)):
-            if value:
+            if value is not None:
                 arguments += [option, str(value)]
         self.engine = EngineJob(arguments, device=device)
 

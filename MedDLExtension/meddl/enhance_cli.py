@@ -18,8 +18,14 @@ def add_command(commands: argparse._SubParsersAction, add_progress) -> None:
     parser.add_argument("--model", default=None,
                         help="a pretrained enhancement model (id, file or bundle); default: self-supervised")
     parser.add_argument("--trust-model", action="store_true")
-    parser.add_argument("--steps", type=int, default=None, help="training steps of the self-supervised method")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps of the self-supervised method (denoise: 0 = no network, the Wiener "
+                             "passes alone, in seconds)")
     parser.add_argument("--time-budget", type=float, default=None, help="stop self-supervised training after S s")
+    parser.add_argument("--wiener-passes", type=int, default=3,
+                        help="denoise: empirical Wiener passes combining the network's prediction with the image")
+    parser.add_argument("--noise", choices=["auto", "rician", "gaussian"], default="auto",
+                        help="denoise: the noise model (auto: rician, as in MR magnitude, unless a voxel is negative)")
     parser.add_argument("--factor", type=int, default=None,
                         help="superres: through-plane upsampling factor (default: thick over in-plane spacing)")
     parser.add_argument("--save-model", default=None,
@@ -35,13 +41,14 @@ def _self_supervised(image, args: argparse.Namespace, progress):
     if args.task == "denoise":
         from .enhancement.denoise import DenoiseSettings, self_supervised_denoise
 
-        settings = DenoiseSettings(device=args.device, time_budget_s=args.time_budget)
-        settings = replace(settings, steps=args.steps) if args.steps else settings
+        settings = DenoiseSettings(device=args.device, time_budget_s=args.time_budget,
+                                   wiener_passes=args.wiener_passes, noise=args.noise)
+        settings = replace(settings, steps=args.steps) if args.steps is not None else settings
         return self_supervised_denoise(image, settings, progress, Path(args.save_model) if args.save_model else None)
     from .enhancement.superres import SuperResolutionSettings, self_supervised_superres
 
     settings = SuperResolutionSettings(factor=args.factor, device=args.device, time_budget_s=args.time_budget)
-    settings = replace(settings, steps=args.steps) if args.steps else settings
+    settings = replace(settings, steps=args.steps) if args.steps is not None else settings
     return self_supervised_superres(image, settings, progress)
 
 

@@ -154,6 +154,8 @@ def self_supervised_superres(image: Image, settings: Optional[SuperResolutionSet
 
     settings, report = settings or SuperResolutionSettings(), progress or no_progress
     array = checked_scalar_volume(image)
+    if settings.steps < 1:
+        raise InputError(f"super-resolution needs at least 1 training step, not {settings.steps}")
     axis, factor = through_plane_axis(image), upsampling_factor(image, settings.factor)
     scaling = Scaling.of(array)
     volume = scaling.forward(array)
