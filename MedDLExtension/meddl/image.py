@@ -102,3 +102,15 @@ def check_volume(image: Image, channels: int | None = None, what: str = "input i
         finite = np.isfinite(array)
         if not finite.any():
             raise InputError(f"the {what} has no finite voxel values (all NaN or Inf)")
+
+
+def check_scalar_volume(image: Image, what: str = "input image") -> None:
+    """`check_volume`, and also: one channel, every voxel finite, not constant (enhancement, registration)."""
+    check_volume(image, what=what)
+    array = image.array
+    if array.ndim != 3:
+        raise InputError(f"the {what} must be a single-channel 3D volume, but it has shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise InputError(f"the {what} has NaN or infinite voxels; every voxel must be finite")
+    if float(array.max()) == float(array.min()):
+        raise InputError(f"the {what} is constant: it holds nothing to work on")

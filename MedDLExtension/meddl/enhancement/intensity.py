@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from ..image import Image, check_volume
+from ..image import Image, check_scalar_volume
 
 
 @dataclass(frozen=True)
@@ -31,16 +31,9 @@ class Scaling:
 
 
 def checked_scalar_volume(image: Image, what: str = "input image") -> np.ndarray:
-    """The volume as float32 (k, j, i); refuses 4D, empty, constant and non-finite input."""
-    check_volume(image, what=what)
-    if image.array.ndim != 3:
-        raise InputError(f"the {what} must be a single-channel 3D volume, but it has shape {image.array.shape}")
-    array = image.array.astype(np.float32)
-    if not np.isfinite(array).all():
-        raise InputError(f"the {what} has NaN or infinite voxels; enhancement needs every voxel finite")
-    if min(array.shape) < 4:
-        raise InputError(f"the {what} is too small to enhance (shape {array.shape}); it needs at least 4 voxels "
+    """The volume as float32 (k, j, i); refuses 4D, empty, constant, non-finite and tiny input."""
+    check_scalar_volume(image, what)
+    if min(image.shape) < 4:
+        raise InputError(f"the {what} is too small to enhance (shape {image.shape}); it needs at least 4 voxels "
                          "along each axis")
-    if float(array.max()) == float(array.min()):
-        raise InputError(f"the {what} is constant: there is nothing to enhance")
-    return array
+    return image.array.astype(np.float32)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..image import Image, check_volume
+from ..image import Image, check_scalar_volume
 from ..progress import Progress, no_progress
 from .fields import folded_share, lps_points, sample
 
@@ -64,16 +64,10 @@ def pooled(volume: torch.Tensor, grid: Image, factor: int) -> tuple[torch.Tensor
 
 def check_pair(fixed: Image, moving: Image) -> None:
     for image, what in ((fixed, "fixed image"), (moving, "moving image")):
-        check_volume(image, what=what)
-        if image.array.ndim != 3:
-            raise InputError(f"the {what} must be a single-channel 3D volume, not shape {image.array.shape}")
+        check_scalar_volume(image, what)
         if min(image.shape) < 8:
             raise InputError(f"the {what} has shape {image.shape}: registration needs at least 8 voxels along "
                              "each axis (a 2D image cannot be aligned with a volume)")
-        if not np.isfinite(image.array).all():
-            raise InputError(f"the {what} has NaN or infinite voxels")
-        if float(image.array.max()) == float(image.array.min()):
-            raise InputError(f"the {what} is constant: there is nothing to align")
 
 
 def similarity_loss(kind: str) -> torch.nn.Module:
