@@ -94,27 +94,31 @@ def train_denoiser(volume: torch.Tensor, settings: DenoiseSettings, device: torc
     return network.eval()
 
 
-def is_rician(array: np.ndarray, noise: str) -> bool:
+def noise_model(array: np.ndarray, noise: str) -> str:
+    """"rician" or "gaussian"; "auto" is Rician (MR magnitude) unless a voxel is negative."""
     if noise not in ("auto", "rician", "gaussian"):
         raise InputError(f"noise must be 'auto', 'rician' or 'gaussian', not {noise!r}")
-    return noise == "rician" or (noise == "auto" and float(array.min()) >= 0.0)
+    if noise == "auto":
+        return "rician" if float(array.min()) >= 0.0 else "gaussian"
+    return noise
 
 
-def combine_with_observation(observed: np.ndarray, prediction: np.ndarray, settings: DenoiseSettings,
+def combine_with_observation(observed: np.ndarray, prediction: np.ndarray, sigma: float, settings: DenoiseSettings,
                              report: Progress) -> np.ndarray:
-    """Wiener passes on the observed image (the prediction as first pilot), then the Rician bias removed."""
-    rician = is_rician(observed, settings.noise)
-    sigma = estimate_noise_sigma(observed, rician)
+    """Wiener passes on the observed image (the prediction as first pilot), then the Rician bias removed.
+
+    `settings.noise` is already resolved ("rician" or "gaussian") and `sigma` estimated for it.
+    """
     result = prediction
     for done in range(settings.wiener_passes):
         report(done / settings.wiener_passes, f"combining with the observed image: pass {done + 1}")
         result = dct_wiener(observed, result, sigma)
-    return rician_bias_correction(result, sigma) if rician else result.astype(np.float32)
+    return rician_bias_correction(result, sigma) if settings.noise == "rician" else result.astype(np.float32)
 
 
 def _checked(array: np.ndarray, settings: DenoiseSettings, save_model: Optional[Path]) -> DenoiseSettings:
-    """Settings checked against each other and fitted to the volume's size."""
-    is_rician(array, settings.noise)
+    """Settings checked against each other, the noise model resolved, the patch fitted to the volume."""
+    settings = replace(settings, noise=noise_model(array, settings.noise))
     if settings.wiener_passes < 0 or settings.steps < 0:
         raise InputError("steps and wiener_passes must be 0 or more")
     if settings.steps == 0 and (settings.wiener_passes == 0 or save_model):
@@ -125,26 +129,22 @@ def _checked(array: np.ndarray, settings: DenoiseSettings, save_model: Optional[
 
 
 def network_prediction(image: Image, array: np.ndarray, settings: DenoiseSettings, report: Progress,
-                       save_model: Optional[Path]) -> np.ndarray:
+                       save_model: Optional[Path], sigma: float) -> np.ndarray:
     """The blind-spot network trained on the image and applied to it (flip-averaged); optionally saved."""
     from ..device import select_compute
     from ..models.card import card_from_dict
     from ..models.loading import LoadedModel
-    from .pretrained import enhance_with_model, save_denoiser
+    from .pretrained import denoiser_card, enhance_with_model, save_denoiser
 
     volume = torch.from_numpy(Scaling.of(array).forward(array))
     compute = select_compute(settings.device)
     network = train_denoiser(volume, settings, compute.device, scaled(report, 0.0, 0.88))
-    card = {"name": "self-supervised denoiser", "task": "enhancement", "license": "-",
-            "input": {"channels": 1, "intensity": {"method": "zscore"}},
-            "inference": {"roi_size": [64, 64, 64], "overlap": 0.5, "sw_batch_size": 4},
-            "enhancement": {"kind": "denoise"}, "network": denoiser_spec(settings)}
+    card = denoiser_card("self-supervised denoiser", denoiser_spec(settings), "-")
     model = LoadedModel(card_from_dict(card), {"network": network})
     prediction = enhance_with_model(image, model, str(compute.device), scaled(report, 0.88, 1.0),
                                     flip_average=settings.flip_average)
     if save_model:
-        save_denoiser(network, denoiser_spec(settings), save_model, estimate_noise_sigma(array),
-                      f"an image of shape {array.shape}")
+        save_denoiser(network, denoiser_spec(settings), save_model, sigma, f"an image of shape {array.shape}")
     return prediction.array
 
 
@@ -159,8 +159,10 @@ def self_supervised_denoise(image: Image, settings: Optional[DenoiseSettings] = 
     settings, report = settings or DenoiseSettings(), progress or no_progress
     array = checked_scalar_volume(image)
     settings = _checked(array, settings, save_model)
+    sigma = estimate_noise_sigma(array, rician=settings.noise == "rician")
     if settings.steps:
-        prediction = network_prediction(image, array, settings, scaled(report, 0.0, 0.85), save_model)
+        prediction = network_prediction(image, array, settings, scaled(report, 0.0, 0.85), save_model, sigma)
     else:
         prediction = ndimage.gaussian_filter(array, 1.0)
-    return image.with_array(combine_with_observation(array, prediction, settings, scaled(report, 0.85, 1.0)))
+    return image.with_array(combine_with_observation(array, prediction, sigma, settings,
+                                                     scaled(report, 0.85, 1.0)))

@@ -68,16 +68,22 @@ def enhance_with_model(image: Image, model: LoadedModel, device: str = "auto",
     return upsampled_image(image, enhanced, axis, factor) if factor > 1 else image.with_array(enhanced)
 
 
+def denoiser_card(name: str, network_spec: dict, license_text: str, noise: str = "") -> dict:
+    """The card of a denoiser trained by MedDL: z-scored intensities, Gaussian-blended 64^3 windows."""
+    enhancement = {"kind": "denoise", **({"noise": noise} if noise else {})}
+    return {"name": name, "task": "enhancement", "license": license_text,
+            "input": {"channels": 1, "intensity": {"method": "zscore"}},
+            "inference": {"roi_size": [64, 64, 64], "overlap": 0.5, "sw_batch_size": 4},
+            "enhancement": enhancement, "network": network_spec}
+
+
 def save_denoiser(network: torch.nn.Module, network_spec: dict, path: Path, noise_sigma: float,
                   description: str) -> Path:
     """The self-trained denoiser as a checkpoint with its card, for reuse on images with similar noise."""
     path = Path(path)
-    card = {"name": path.stem, "task": "enhancement", "license": "trained by the user (see provenance)",
-            "input": {"channels": 1, "intensity": {"method": "zscore"}},
-            "inference": {"roi_size": [64, 64, 64], "overlap": 0.5, "sw_batch_size": 4},
-            "enhancement": {"kind": "denoise", "noise": f"as in the training image: estimated sigma "
-                                                        f"{noise_sigma:.4g} (intensity units)"},
-            "network": network_spec, "provenance": f"meddl enhance, self-supervised (blind-spot) on {description}"}
+    card = denoiser_card(path.stem, network_spec, "trained by the user (see provenance)",
+                         f"as in the training image: estimated sigma {noise_sigma:.4g} (intensity units)")
+    card["provenance"] = f"meddl enhance, self-supervised (blind-spot) on {description}"
     with atomic_path(path, ".pt") as temporary:
         torch.save(network.state_dict(), temporary)
         with atomic_path(path.with_suffix(".json")) as card_path:
