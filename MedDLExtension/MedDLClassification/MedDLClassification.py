@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 import ctk
 import slicer
 from MedDLLib.classification_job import ClassificationJob
-from MedDLLib.dependencies import ensure_dependencies
 from MedDLLib.jobs import finish_within
 from MedDLWidgets.module_widget import MedDLWidgetMixin
 from slicer import vtkMRMLMarkupsROINode, vtkMRMLTableNode
@@ -79,8 +78,7 @@ class MedDLClassificationWidget(MedDLWidgetMixin, ScriptedLoadableModuleWidget, 
             "Check at least one volume and choose a model")
 
     def onApplyButton(self) -> None:
-        if not ensure_dependencies(lambda message: slicer.util.confirmOkCancelDisplay(message)):
-            self.ui.statusLabel.text = _("MedDL's Python packages are not installed.")
+        if not self.dependenciesReady():
             return
         p = self._parameterNode
         volumes = list(self.ui.inputVolumesSelector.checkedNodes())

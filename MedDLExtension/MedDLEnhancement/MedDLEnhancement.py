@@ -6,7 +6,6 @@ from typing import Annotated, Optional
 
 import ctk
 import slicer
-from MedDLLib.dependencies import ensure_dependencies
 from MedDLLib.enhancement_job import EnhancementJob
 from MedDLLib.jobs import JobState, finish_within
 from MedDLWidgets.module_widget import MedDLWidgetMixin
@@ -88,8 +87,7 @@ class MedDLEnhancementWidget(MedDLWidgetMixin, ScriptedLoadableModuleWidget, VTK
             "Select an input volume (and a model for the 'model' method)")
 
     def onApplyButton(self) -> None:
-        if not ensure_dependencies(lambda message: slicer.util.confirmOkCancelDisplay(message)):
-            self.ui.statusLabel.text = _("MedDL's Python packages are not installed.")
+        if not self.dependenciesReady():
             return
         p = self._parameterNode
         model = (self.ui.modelPathLineEdit.currentPath or p.model) if p.method == "model" else None

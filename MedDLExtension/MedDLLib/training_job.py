@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 import numpy as np
-from meddl.errors import InputError, ModelError
+from meddl.errors import InputError
 from meddl.image import check_volume
 from meddl.io import write_image
 from meddl.library import store
@@ -87,9 +87,7 @@ class TrainingJob(FolderJob):
                  validation_pairs: Sequence[tuple[Any, Any]] = ()) -> None:
         if not pairs:
             raise InputError("add at least one training pair: a volume and a segmentation drawn on it")
-        store.check_id(model_id)
-        if store.installed(model_id) or (store.models_dir() / model_id).exists():
-            raise ModelError(f"a model named {model_id!r} is already in the library; choose another name")
+        store.check_new_id(model_id)
         self.scene, self.model_id = scene, model_id
         self.names = segment_names([segmentation for _, segmentation in [*pairs, *validation_pairs]])
         if not self.names:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import slicer
-from MedDLLib.dependencies import ensure_dependencies
 from MedDLLib.jobs import JobState, finish_within
 from MedDLLib.registration_job import RegistrationJob, RegistrationOutputs
 from MedDLWidgets.module_widget import MedDLWidgetMixin
@@ -78,8 +77,7 @@ class MedDLRegistrationWidget(MedDLWidgetMixin, ScriptedLoadableModuleWidget, VT
             "Select two different volumes")
 
     def onApplyButton(self) -> None:
-        if not ensure_dependencies(lambda message: slicer.util.confirmOkCancelDisplay(message)):
-            self.ui.statusLabel.text = _("MedDL's Python packages are not installed.")
+        if not self.dependenciesReady():
             return
         p = self._parameterNode
         try:

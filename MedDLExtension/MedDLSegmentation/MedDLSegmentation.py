@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 import ctk
 import slicer
 from meddl.models import catalog
-from MedDLLib.dependencies import ensure_dependencies
 from MedDLLib.jobs import JobState, finish_within
 from MedDLLib.segmentation_job import SegmentationJob
 from MedDLLib.training_job import TrainingJob
@@ -95,8 +94,7 @@ class MedDLSegmentationWidget(MedDLWidgetMixin, ScriptedLoadableModuleWidget, VT
         self.ui.trainButton.enabled = bool(self.trainingPairs) and not self.isRunning()
 
     def onApplyButton(self) -> None:
-        if not ensure_dependencies(lambda message: slicer.util.confirmOkCancelDisplay(message)):
-            self.ui.statusLabel.text = _("MedDL's Python packages are not installed.")
+        if not self.dependenciesReady():
             return
         parameters = self._parameterNode
         model = self.ui.modelPathLineEdit.currentPath or parameters.model
@@ -129,8 +127,7 @@ class MedDLSegmentationWidget(MedDLWidgetMixin, ScriptedLoadableModuleWidget, VT
         self._checkCanApply()
 
     def onTrainButton(self) -> None:
-        if not ensure_dependencies(lambda message: slicer.util.confirmOkCancelDisplay(message)):
-            self.ui.statusLabel.text = _("MedDL's Python packages are not installed.")
+        if not self.dependenciesReady():
             return
         parameters = self._parameterNode
         pairs = [(slicer.mrmlScene.GetNodeByID(v), slicer.mrmlScene.GetNodeByID(s)) for v, s in self.trainingPairs]

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import slicer
 import vtk
+from MedDLLib.dependencies import ensure_dependencies
 from MedDLLib.jobs import shut_down_workers
 from MedDLLib.model_library import slicer_models_dir, use_models_dir
+from slicer.i18n import tr as _
 
 from .job_runner import JobRunner
 from .model_library_panel import ModelLibraryPanel
@@ -36,6 +38,13 @@ class MedDLWidgetMixin:
         self.initializeParameterNode()
         if self.library:
             self.library.refresh(self._parameterNode.model)
+
+    def dependenciesReady(self) -> bool:
+        """Offer the first-use install of MedDL's Python packages; False (and a status line) if declined."""
+        if ensure_dependencies(lambda message: slicer.util.confirmOkCancelDisplay(message)):
+            return True
+        self.ui.statusLabel.text = _("MedDL's Python packages are not installed.")
+        return False
 
     def isRunning(self) -> bool:
         return bool(self.runner and self.runner.running)

@@ -71,7 +71,7 @@ def _registered(fixed, moving, settings, args: argparse.Namespace, progress):
     return learned_register(fixed, moving, model, args.refine, refinement, progress)
 
 
-def similarity_figures(fixed, moving_on_fixed) -> float:
+def normalised_cross_correlation(fixed, moving_on_fixed) -> float:
     """Normalised cross-correlation of two arrays on the same grid."""
     a, b = fixed.astype(np.float64).ravel(), moving_on_fixed.astype(np.float64).ravel()
     a, b = a - a.mean(), b - b.mean()
@@ -104,8 +104,8 @@ def run_register(args: argparse.Namespace, progress) -> dict:
     result = _registered(fixed, moving, settings, args, progress)
     warped = warp(moving, fixed, result.displacement)
     identity = warp(moving, fixed, np.zeros_like(result.displacement))
-    report = {"ncc_before": similarity_figures(fixed.array, identity.array),
-              "ncc_after": similarity_figures(fixed.array, warped.array), **result.metrics,
+    report = {"ncc_before": normalised_cross_correlation(fixed.array, identity.array),
+              "ncc_after": normalised_cross_correlation(fixed.array, warped.array), **result.metrics,
               "method": args.method, "similarity": args.similarity}
     write_displacement_field(result.displacement, fixed, Path(args.out_transform))
     if args.out_warped:

@@ -44,12 +44,9 @@ def _destination(args: argparse.Namespace) -> tuple[Path, dict | None]:
     """The bundle folder, and the library record when it is trained straight into the model library."""
     if not args.install_as:
         return Path(args.out), None
-    from .errors import ModelError
     from .library import store
 
-    model_id = store.check_id(args.install_as)
-    if store.installed(model_id) or (store.models_dir() / model_id).exists():
-        raise ModelError(f"model {model_id!r} is already in the library; choose another name or remove it first")
+    model_id = store.check_new_id(args.install_as)
     store.models_dir().mkdir(parents=True, exist_ok=True)
     record = {"id": model_id, "kind": "trained", "source": "meddl train", "model_path": ".", "trusted": False}
     return store.models_dir() / model_id, record

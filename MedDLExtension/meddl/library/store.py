@@ -69,6 +69,15 @@ def installed(model_id: str) -> InstalledModel | None:
     return InstalledModel(model_id, folder, json.loads(record_path.read_text(encoding="utf-8")))
 
 
+def check_new_id(model_id: str) -> str:
+    """A valid id that no model (nor a folder left in the library) uses yet."""
+    model_id = check_id(model_id)
+    if (models_dir() / model_id).exists():
+        raise ModelError(f"a model named {model_id!r} is already in the library; choose another name or remove "
+                         "it first")
+    return model_id
+
+
 def list_installed() -> list[InstalledModel]:
     root = models_dir()
     if not root.is_dir():
