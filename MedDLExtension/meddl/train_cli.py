@@ -46,6 +46,7 @@ def _destination(args: argparse.Namespace) -> tuple[Path, dict | None]:
         return Path(args.out), None
     from .library import store
 
+    store.clean_stale()
     model_id = store.check_new_id(args.install_as)
     store.models_dir().mkdir(parents=True, exist_ok=True)
     record = {"id": model_id, "kind": "trained", "source": "meddl train", "model_path": ".", "trusted": False}

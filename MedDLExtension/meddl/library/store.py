@@ -101,9 +101,11 @@ def _process_alive(pid: int) -> bool:
 
 
 def clean_stale() -> None:
-    """Delete staging and removal folders left by a process that was killed (e.g. a cancelled install)."""
+    """Delete folders left by a process that was killed (a cancelled install or removal, or a training
+    cancelled while it rewrote its checkpoint: `files.staged_folder`'s `.ID.partial-PID` and `.ID.old-PID`)."""
     root = models_dir()
-    leftovers = [*root.glob(".staging-*"), *root.glob(".removing-*")] if root.is_dir() else []
+    patterns = (".staging-*", ".removing-*", ".*.partial-*", ".*.old-*")
+    leftovers = [folder for pattern in patterns for folder in root.glob(pattern)] if root.is_dir() else []
     for folder in leftovers:
         pid = folder.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not _process_alive(int(pid)):

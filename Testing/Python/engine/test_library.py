@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import os
 import threading
 import zipfile
 from pathlib import Path
@@ -259,11 +260,18 @@ def test_leftovers_of_a_killed_install_are_cleaned(tmp_path):
     import sys
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = store.models_dir() / f".staging-test-unet-{dead.stdout.strip()}"
-    stale.mkdir(parents=True)
-    (stale / "half.bin").write_bytes(b"x" * 100)
+    pid = dead.stdout.strip()
+    # an install, and a training killed while it rewrote its checkpoint (files.staged_folder's names)
+    stale = [store.models_dir() / name for name in (f".staging-test-unet-{pid}", f".liver.partial-{pid}",
+                                                     f".liver.old-{pid}")]
+    for folder in stale:
+        folder.mkdir(parents=True)
+        (folder / "half.bin").write_bytes(b"x" * 100)
+    alive = store.models_dir() / f".liver.partial-{os.getpid()}"  # a training still running here
+    alive.mkdir()
     install.import_model(write_state_dict_model(tmp_path))
-    assert not stale.exists() and [m.id for m in store.list_installed()] == ["test-unet"]
+    assert not any(folder.exists() for folder in stale) and alive.is_dir()
+    assert [m.id for m in store.list_installed()] == ["test-unet"]
 
 
 def test_a_trained_classifier_imports_and_is_listed_for_its_task(tmp_path):
