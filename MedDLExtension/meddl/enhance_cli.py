@@ -72,4 +72,6 @@ def run_enhance(args: argparse.Namespace, progress) -> dict:
     write_image(result, Path(args.output), compress=not args.no_compress)
     settings = {"task": args.task, "method": method, "steps": args.steps, "factor": args.factor,
                 "spacing": list(result.spacing)}
+    if args.task == "denoise" and not args.model:
+        settings.update(wiener_passes=args.wiener_passes, noise=args.noise)
     return {"outputs": {"image": str(args.output)}, "settings": settings}
