@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import harness
@@ -80,23 +77,13 @@ def _denoise(method: str, noisy: np.ndarray, settings: dict) -> np.ndarray:
     return np.asarray(bm4d.bm4d(noisy, settings["sigma_psd"]), np.float32)
 
 
-def _timed(call):
-    """(result, seconds, peak memory growth in MiB) of one call in this process."""
-    baseline = harness.rss_now_kib()
-    start = time.perf_counter()
-    result = call()
-    seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return result, seconds, max(peak - baseline, 0) / 1024
-
-
 def run_denoise_case(method: str, level: float, setting_index: int) -> dict:
     from meddl_testing import psnr, rician, ssim
 
     clean = _clean()
     noisy = rician(clean, level, seed=0)
     settings = _denoiser_settings(method, level * float(clean.max()))[setting_index]
-    result, seconds, memory = _timed(lambda: _denoise(method, noisy, settings))
+    result, seconds, memory = harness.timed_once(lambda: _denoise(method, noisy, settings))
     return {"method": method, "level": level, "settings": settings, "psnr": psnr(result, clean),
             "ssim": ssim(result, clean), "seconds": seconds, "peak_mib": memory,
             "noisy_psnr": psnr(noisy, clean), "noisy_ssim": ssim(noisy, clean)}
@@ -130,18 +117,14 @@ def run_superres_case(method: str) -> dict:
                                                 SuperResolutionSettings(device="cpu")).array
     else:
         call = lambda: _linear_self_trained(thick, 4)  # noqa: E731
-    result, seconds, memory = _timed(call)
+    result, seconds, memory = harness.timed_once(call)
     original = clean[: result.shape[0]]
     return {"method": method, "psnr": psnr(result, original), "ssim": ssim(result, original), "seconds": seconds,
             "peak_mib": memory}
 
 
 def _subprocess(*arguments: str) -> dict:
-    process = subprocess.run([sys.executable, str(Path(__file__).resolve()), *arguments], capture_output=True,
-                             text=True, check=False)
-    if process.returncode != 0:
-        raise RuntimeError(f"case {arguments} failed:\n{process.stderr[-3000:]}")
-    return json.loads(process.stdout.strip().splitlines()[-1])
+    return harness.run_script(str(Path(__file__).resolve()), *arguments)
 
 
 def best_of_grid(method: str, level: float) -> dict:

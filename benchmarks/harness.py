@@ -33,13 +33,27 @@ def time_call(case: str, call: Callable[[], object], repeats: int) -> dict:
             "peak_rss_growth_mib": max(peak - baseline, 0) / 1024, "peak_rss_mib": peak / 1024}
 
 
-def measure(script: str, case: str, repeats: int) -> dict:
-    """Run `script --case CASE` in a new interpreter and return the JSON it prints last."""
-    process = subprocess.run([sys.executable, script, "--case", case, "--repeats", str(repeats)],
-                             capture_output=True, text=True, check=False)
+def timed_once(call: Callable[[], object]) -> tuple[object, float, float]:
+    """Inside the subprocess: (result, seconds, peak RSS growth in MiB) of one call, no warm-up."""
+    baseline = rss_now_kib()
+    start = time.perf_counter()
+    result = call()
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return result, seconds, max(peak - baseline, 0) / 1024
+
+
+def run_script(script: str, *arguments: str) -> dict:
+    """Run `script ARGUMENTS` in a new interpreter and return the JSON it prints last."""
+    process = subprocess.run([sys.executable, script, *arguments], capture_output=True, text=True, check=False)
     if process.returncode != 0:
-        raise RuntimeError(f"benchmark case {case} failed:\n{process.stderr[-3000:]}")
+        raise RuntimeError(f"benchmark {Path(script).name} {' '.join(arguments)} failed:\n{process.stderr[-3000:]}")
     return json.loads(process.stdout.strip().splitlines()[-1])
+
+
+def measure(script: str, case: str, repeats: int) -> dict:
+    """Run `script --case CASE --repeats N` in a new interpreter and return the JSON it prints last."""
+    return run_script(script, "--case", case, "--repeats", str(repeats))
 
 
 def update_readme(name: str, table: str) -> None:

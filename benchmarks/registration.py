@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import harness
@@ -109,15 +106,11 @@ def run_case(method: str) -> dict:
 
     fixed, labels, moving, moving_labels, truth = _pair()
     call = {"meddl": meddl_register, "sitk-bspline-mattes": sitk_bspline, "sitk-demons": sitk_demons}[method]
-    baseline = harness.rss_now_kib()
-    start = time.perf_counter()
-    displacement = call(fixed, moving)
-    seconds = time.perf_counter() - start
-    peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024
+    displacement, seconds, peak = harness.timed_once(lambda: call(fixed, moving))
     carried = warp(moving_labels, fixed, displacement, labels=True).array
     brain = labels.array > 0
     before = warp(moving_labels, fixed, np.zeros_like(displacement), labels=True).array
-    return {"method": method, "seconds": seconds, "peak_mib": max(peak, 0.0),
+    return {"method": method, "seconds": seconds, "peak_mib": peak,
             "dice_grey": dice(carried == 1, labels.array == 1), "dice_white": dice(carried == 2, labels.array == 2),
             "error_mm": float(np.linalg.norm(displacement - truth, axis=-1)[brain].mean()),
             "folded_share": folded_share(displacement, fixed),
@@ -144,13 +137,7 @@ def main() -> None:
     if args.case:
         print(json.dumps(run_case(args.case)))
         return
-    rows = []
-    for method in METHODS:
-        process = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--case", method],
-                                 capture_output=True, text=True, check=False)
-        if process.returncode != 0:
-            raise RuntimeError(f"{method} failed:\n{process.stderr[-3000:]}")
-        rows.append(json.loads(process.stdout.strip().splitlines()[-1]))
+    rows = [harness.run_script(str(Path(__file__).resolve()), "--case", method) for method in METHODS]
     RESULTS.write_text(json.dumps(rows, indent=1))
     harness.update_readme("registration", table(rows))
     print(table(rows))
