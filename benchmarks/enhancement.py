@@ -2,8 +2,9 @@
 
 Denoising: a 1 mm crop of the MNI T1 (96 x 112 x 96 voxels around the ventricles and basal ganglia)
 with Rician noise at 3 %, 5 % and 9 % of the maximum. MedDL's blind-spot denoiser (default settings: the network's
-prediction, then empirical Wiener passes on the noisy image and the Rician bias removed; and, as an
-ablation that measures the network's share, the same last stage with a Gaussian blur as the first pilot)
+prediction guides grouped hard thresholding and a grouped Wiener pass on the noisy image, then the Rician
+bias is removed; and, as an ablation that measures the network's share, the same last stage guided by a
+Gaussian blur)
 against SimpleITK's curvature anisotropic diffusion, scikit-image's non-local means and BM4D, each
 classical method with the best of a small grid of settings given the true noise level (a favour
 MedDL's method does not get). PSNR, SSIM, run time and peak memory of the best setting.

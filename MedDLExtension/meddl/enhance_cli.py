@@ -19,11 +19,11 @@ def add_command(commands: argparse._SubParsersAction, add_progress) -> None:
                         help="a pretrained enhancement model (id, file or bundle); default: self-supervised")
     parser.add_argument("--trust-model", action="store_true")
     parser.add_argument("--steps", type=int, default=None,
-                        help="training steps of the self-supervised method (denoise: 0 = no network, the Wiener "
-                             "passes alone, in seconds)")
+                        help="training steps of the self-supervised method (denoise: 0 = no network, a blur "
+                             "guides the block matching instead, in seconds)")
     parser.add_argument("--time-budget", type=float, default=None, help="stop self-supervised training after S s")
-    parser.add_argument("--wiener-passes", type=int, default=3,
-                        help="denoise: empirical Wiener passes combining the network's prediction with the image")
+    parser.add_argument("--wiener-passes", type=int, default=1,
+                        help="denoise: grouped Wiener passes after the grouped hard thresholding of the image")
     parser.add_argument("--noise", choices=["auto", "rician", "gaussian"], default="auto",
                         help="denoise: the noise model (auto: rician, as in MR magnitude, unless a voxel is negative)")
     parser.add_argument("--factor", type=int, default=None,

@@ -4,9 +4,10 @@ A small 3D UNet learns to predict voxels from their surroundings: in every train
 voxels are replaced by a random neighbour's value and the loss counts only those voxels, so the
 network never sees the value it predicts. Noise that is independent from voxel to voxel cannot be
 predicted from the neighbours, the anatomy can: applied to the whole noisy volume, the network
-returns the anatomy. The prediction then serves as the pilot of an empirical Wiener filter on the
-observed image (see `wiener`), which restores what the voxel itself says, and the Rician bias of
-magnitude images is removed. No clean data and no pretrained weights are needed.
+returns the anatomy. The prediction then guides collaborative filtering of the observed image
+(see `blockmatch`: similar blocks are found on the prediction, hard-thresholded together, then
+Wiener-filtered with that first estimate as pilot), which restores what each voxel itself says,
+and the Rician bias of magnitude images is removed (see `noise`). No clean data and no pretrained weights are needed.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from scipy import ndimage
 from ..errors import InputError
 from ..image import Image
 from ..progress import Progress, no_progress, scaled
+from .blockmatch import Grouping, collaborative_filter
 from .intensity import Scaling, checked_scalar_volume
-from .wiener import dct_wiener, estimate_noise_sigma, rician_bias_correction
+from .noise import estimate_noise_sigma, rician_bias_correction
 
 
 @dataclass
@@ -38,7 +40,7 @@ class DenoiseSettings:
     learning_rate: float = 2e-3
     time_budget_s: Optional[float] = None
     flip_average: bool = True  # average the 8 axis flips at inference (about +0.8 dB)
-    wiener_passes: int = 3  # empirical Wiener filter passes on the observed image, the prediction as first pilot
+    wiener_passes: int = 1  # grouped Wiener passes after the grouped hard thresholding, each pilot the last output
     noise: str = "auto"  # "rician" (MR magnitude), "gaussian", or "auto": rician when no voxel is negative
     seed: int = 0
     device: str = "auto"
@@ -105,15 +107,19 @@ def noise_model(array: np.ndarray, noise: str) -> str:
 
 def combine_with_observation(observed: np.ndarray, prediction: np.ndarray, sigma: float, settings: DenoiseSettings,
                              report: Progress) -> np.ndarray:
-    """Wiener passes on the observed image (the prediction as first pilot), then the Rician bias removed.
+    """Collaborative filtering of the observed image guided by the prediction, then the Rician bias removed.
 
+    Blocks are matched on the prediction in a wide window (every other shift up to 6 voxels) and
+    hard-thresholded together; each Wiener pass matches and shrinks with the previous estimate.
     `settings.noise` is already resolved ("rician" or "gaussian") and `sigma` estimated for it.
     """
-    result = prediction
-    for done in range(settings.wiener_passes):
-        report(done / settings.wiener_passes, f"combining with the observed image: pass {done + 1}")
-        result = dct_wiener(observed, result, sigma)
-    return rician_bias_correction(result, sigma) if settings.noise == "rician" else result.astype(np.float32)
+    stages = 1 + settings.wiener_passes
+    estimate = collaborative_filter(observed, prediction, sigma, grouping=Grouping(reach=6, offset_step=2),
+                                    progress=scaled(report, 0.0, 1.0 / stages))
+    for done in range(1, stages):
+        estimate = collaborative_filter(observed, estimate, sigma, pilot=estimate,
+                                        progress=scaled(report, done / stages, (done + 1) / stages))
+    return rician_bias_correction(estimate, sigma) if settings.noise == "rician" else estimate.astype(np.float32)
 
 
 def _checked(array: np.ndarray, settings: DenoiseSettings, save_model: Optional[Path]) -> DenoiseSettings:
@@ -121,8 +127,8 @@ def _checked(array: np.ndarray, settings: DenoiseSettings, save_model: Optional[
     settings = replace(settings, noise=noise_model(array, settings.noise))
     if settings.wiener_passes < 0 or settings.steps < 0:
         raise InputError("steps and wiener_passes must be 0 or more")
-    if settings.steps == 0 and (settings.wiener_passes == 0 or save_model):
-        raise InputError("with 0 training steps there is no network: it needs a Wiener pass and cannot be saved")
+    if settings.steps == 0 and save_model:
+        raise InputError("with 0 training steps there is no network to save")
     if min(array.shape) < settings.patch:
         settings = replace(settings, patch=max(4, 4 * (min(array.shape) // 4)))
     return settings
@@ -154,7 +160,7 @@ def self_supervised_denoise(image: Image, settings: Optional[DenoiseSettings] = 
 
     With `save_model`, the trained network is also written as a checkpoint with its card, so that
     images with similar noise can be denoised without training again. With 0 steps no network is
-    trained: a Gaussian blur (1 voxel) is the first pilot of the Wiener passes, in seconds.
+    trained: a Gaussian blur (1 voxel) guides the block matching instead, in seconds.
     """
     settings, report = settings or DenoiseSettings(), progress or no_progress
     array = checked_scalar_volume(image)

@@ -1,0 +1,145 @@
+"""Collaborative filtering of groups of similar blocks (the two stages of BM3D / BM4D, on torch).
+
+Each reference block (4x4x4 voxels, every third voxel) is grouped with the most similar blocks
+near it, similarity being measured on a guide image (a denoised estimate, so that noise does not
+decide the matching). The group is transformed as a whole (a DCT within blocks and along the
+group) and its coefficients are shrunk: hard-thresholded at a multiple of the noise level, or
+Wiener-shrunk by P^2 / (P^2 + sigma^2) with P the pilot estimate's coefficient. Similar blocks
+share the anatomy but not the noise, so the group concentrates the one and averages out the
+other. Every voxel receives estimates from many groups; they are averaged with BM3D's weights
+(the inverse of the noise left in the group). References are processed in slabs to bound memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..progress import Progress, no_progress
+
+GROUP_ELEMENTS_PER_SLAB = 2**23  # references x group x block voxels held at once (~32 MiB per float tensor)
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """How blocks are grouped: block edge, reference stride, group size and the search window."""
+
+    block: int = 4
+    stride: int = 3
+    group: int = 32
+    reach: int = 3  # candidates are shifted by at most this many voxels along each axis
+    offset_step: int = 1  # searched shifts are multiples of this (a wider window at the same cost)
+
+
+def dct_matrix(size: int) -> torch.Tensor:
+    """The orthonormal DCT-II matrix (rows are basis vectors)."""
+    k = np.arange(size)
+    matrix = np.cos(np.pi * (2 * k[None] + 1) * k[:, None] / (2 * size)) * np.sqrt(2.0 / size)
+    matrix[0] /= np.sqrt(2.0)
+    return torch.tensor(matrix, dtype=torch.float32)
+
+
+def _search_offsets(grouping: Grouping) -> torch.Tensor:
+    """Candidate shifts (O, 3), the zero shift first."""
+    steps = range(-grouping.reach, grouping.reach + 1, grouping.offset_step)
+    offsets = sorted({(a, b, c) for a in steps for b in steps for c in steps} - {(0, 0, 0)})
+    return torch.tensor([(0, 0, 0)] + offsets)
+
+
+def _reference_starts(length: int, block: int, stride: int) -> torch.Tensor:
+    """Block starts every `stride` voxels along an axis, the last block flush with the end."""
+    starts = list(range(0, length - block + 1, stride))
+    if starts[-1] != length - block:
+        starts.append(length - block)
+    return torch.tensor(starts)
+
+
+def _box_sums_at(values: torch.Tensor, blocks: tuple[int, ...], starts: list[torch.Tensor]) -> torch.Tensor:
+    """Sums of `values` over the blocks starting at the given starts (the product grid of them)."""
+    for axis, (block, where) in enumerate(zip(blocks, starts)):
+        summed = values.cumsum(axis)
+        length = summed.shape[axis]
+        windows = torch.cat([summed.narrow(axis, block - 1, 1),
+                             summed.narrow(axis, block, length - block) - summed.narrow(axis, 0, length - block)], axis)
+        values = windows.index_select(axis, where)
+    return values
+
+
+def _best_matches(guide: torch.Tensor, blocks: tuple[int, ...], starts: list[torch.Tensor],
+                  offsets: torch.Tensor, group: int) -> torch.Tensor:
+    """Start corners (R, K, 3) of each reference's K most similar blocks on the guide, itself first."""
+    shape = torch.tensor(guide.shape)
+    grid = torch.stack(torch.meshgrid(*starts, indexing="ij"), -1).reshape(-1, 3)
+    distances = torch.empty(len(grid), len(offsets))
+    for index, offset in enumerate(offsets.tolist()):
+        shifted = torch.roll(guide, [-o for o in offset], dims=(0, 1, 2))
+        distances[:, index] = _box_sums_at((shifted - guide) ** 2, blocks, starts).reshape(-1)
+    candidates = grid[:, None, :] + offsets[None]
+    inside = ((candidates >= 0) & (candidates <= shape - torch.tensor(blocks))).all(-1)
+    distances[~inside] = float("inf")
+    distances[:, 0] = -1.0
+    best = torch.topk(distances, min(group, len(offsets)), dim=1, largest=False)
+    chosen = torch.where(torch.isinf(best.values), 0, best.indices)  # too few candidates: repeat the reference
+    return grid[:, None, :] + offsets[chosen]
+
+
+def _shrink(coefficients: torch.Tensor, pilot: Optional[torch.Tensor], sigma: float,
+            hard_threshold: float) -> torch.Tensor:
+    """Per-coefficient gains: Wiener from the pilot's coefficients, else hard thresholding (group mean kept)."""
+    if pilot is not None:
+        return pilot**2 / (pilot**2 + sigma * sigma)
+    gains = (coefficients.abs() > hard_threshold * sigma).to(coefficients.dtype)
+    gains[:, 0, 0] = 1.0
+    return gains
+
+
+def _filter_slab(noisy: torch.Tensor, guide: torch.Tensor, pilot: Optional[torch.Tensor], sigma: float,
+                 starts: list[torch.Tensor], grouping: Grouping, hard_threshold: float):
+    """Filtered groups of one slab, returned as (flat voxel indices, weighted estimates, weights)."""
+    blocks = tuple(min(grouping.block, n) for n in noisy.shape)
+    corners = _best_matches(guide, blocks, starts, _search_offsets(grouping), grouping.group)
+    within = torch.stack(torch.meshgrid(*[torch.arange(b) for b in blocks], indexing="ij"), -1).reshape(-1, 3)
+    strides = torch.tensor([noisy.shape[1] * noisy.shape[2], noisy.shape[2], 1])
+    voxels = (corners @ strides)[:, :, None] + (within @ strides)[None, None]  # (R, K, block voxels)
+    block_dct = torch.kron(torch.kron(dct_matrix(blocks[0]), dct_matrix(blocks[1])), dct_matrix(blocks[2]))
+    group_dct = dct_matrix(corners.shape[1])
+
+    def transform(values: torch.Tensor) -> torch.Tensor:
+        return group_dct @ (values @ block_dct.T)
+
+    coefficients = transform(noisy.reshape(-1)[voxels])
+    gains = _shrink(coefficients, transform(pilot.reshape(-1)[voxels]) if pilot is not None else None, sigma,
+                    hard_threshold)
+    estimates = group_dct.T @ (gains * coefficients) @ block_dct
+    weights = 1.0 / (gains**2).sum(dim=(1, 2)).clamp(min=1e-3)
+    return voxels.reshape(-1), (estimates * weights[:, None, None]).reshape(-1), weights[:, None, None].expand_as(
+        estimates).reshape(-1)
+
+
+def collaborative_filter(noisy: np.ndarray, guide: np.ndarray, sigma: float, pilot: Optional[np.ndarray] = None,
+                         hard_threshold: float = 2.7, grouping: Grouping = Grouping(),
+                         progress: Progress = no_progress) -> np.ndarray:
+    """`noisy` filtered in groups matched on `guide`: Wiener-shrunk by `pilot` if given, else hard-thresholded."""
+    observed, matched = torch.from_numpy(noisy.astype(np.float32)), torch.from_numpy(guide.astype(np.float32))
+    prior = torch.from_numpy(pilot.astype(np.float32)) if pilot is not None else None
+    blocks = [min(grouping.block, n) for n in noisy.shape]
+    starts = [_reference_starts(n, b, grouping.stride) for n, b in zip(noisy.shape, blocks)]
+    per_row = len(starts[1]) * len(starts[2]) * grouping.group * int(np.prod(blocks))
+    rows_per_slab = max(1, GROUP_ELEMENTS_PER_SLAB // per_row)
+    total, weights = torch.zeros(observed.numel()), torch.zeros(observed.numel())
+    plane = noisy.shape[1] * noisy.shape[2]
+    for first in range(0, len(starts[0]), rows_per_slab):
+        progress(first / len(starts[0]), "filtering groups of similar blocks")
+        rows = starts[0][first:first + rows_per_slab]
+        low = max(0, int(rows[0]) - grouping.reach)
+        high = min(noisy.shape[0], int(rows[-1]) + blocks[0] + grouping.reach)
+        part = slice(low, high)
+        voxels, estimates, weight = _filter_slab(
+            observed[part], matched[part], prior[part] if prior is not None else None, sigma,
+            [rows - low, starts[1], starts[2]], grouping, hard_threshold)
+        total.index_add_(0, voxels + low * plane, estimates)
+        weights.index_add_(0, voxels + low * plane, weight)
+    return (total / weights).reshape(noisy.shape).numpy()
