@@ -47,10 +47,11 @@ class MedDLEnhancementParameterNode:
 
     inputVolume: vtkMRMLScalarVolumeNode
     task: Annotated[str, Choice(["denoise", "superres"])] = "denoise"
-    method: Annotated[str, Choice(["self-supervised", "model"])] = "self-supervised"
+    method: Annotated[str, Choice(["self-supervised", "no network (fast)", "model"])] = "self-supervised"
     model: str = ""
     steps: int = 0  # 0: the method's default
     factor: int = 0
+    noise: Annotated[str, Choice(["auto", "rician", "gaussian"])] = "auto"
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     outputVolume: vtkMRMLScalarVolumeNode
 
@@ -80,20 +81,23 @@ class MedDLEnhancementWidget(MedDLWidgetMixin, ScriptedLoadableModuleWidget, VTK
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         p = self._parameterNode
-        hasModel = bool(p and (p.method == "self-supervised" or p.model or self.ui.modelPathLineEdit.currentPath))
-        ready = bool(p and p.inputVolume) and hasModel and not self.isRunning()
+        hasModel = bool(p and (p.method != "model" or p.model or self.ui.modelPathLineEdit.currentPath))
+        fastSuperres = bool(p and p.task == "superres" and p.method == "no network (fast)")
+        ready = bool(p and p.inputVolume) and hasModel and not fastSuperres and not self.isRunning()
         self.ui.applyButton.enabled = ready
         self.ui.applyButton.toolTip = _("Enhance the input volume") if ready else _(
-            "Select an input volume (and a model for the 'model' method)")
+            "Select an input volume (and a model for the 'model' method; super-resolution needs a network)")
 
     def onApplyButton(self) -> None:
         if not self.dependenciesReady():
             return
         p = self._parameterNode
         model = (self.ui.modelPathLineEdit.currentPath or p.model) if p.method == "model" else None
+        steps = 0 if p.method == "no network (fast)" else p.steps or None
+        noise = p.noise if p.task == "denoise" and model is None else None
         try:
-            job = self.logic.start(p.inputVolume, p.task, model, p.device, p.steps or None, p.factor or None,
-                                   p.outputVolume)
+            job = self.logic.start(p.inputVolume, p.task, model, p.device, steps, p.factor or None, p.outputVolume,
+                                   noise)
         except Exception as error:
             slicer.util.errorDisplay(_("Cannot start enhancement: {error}").format(error=error))
             return
@@ -118,9 +122,14 @@ class MedDLEnhancementLogic(ScriptedLoadableModuleLogic):
         return MedDLEnhancementParameterNode(super().getParameterNode())
 
     def start(self, inputVolume, task: str = "denoise", model: Optional[str] = None, device: str = "auto",
-              steps: Optional[int] = None, factor: Optional[int] = None, outputVolume=None) -> EnhancementJob:
-        """Start a background job; poll it (or wait) and call finish() to get the new volume node."""
-        return EnhancementJob(slicer.mrmlScene, inputVolume, task, model, device, steps, factor, outputVolume)
+              steps: Optional[int] = None, factor: Optional[int] = None, outputVolume=None,
+              noise: Optional[str] = None) -> EnhancementJob:
+        """Start a background job; poll it (or wait) and call finish() to get the new volume node.
+
+        Denoising with steps=0 trains no network (a blur guides the block matching; seconds, about as good).
+        """
+        return EnhancementJob(slicer.mrmlScene, inputVolume, task, model, device, steps, factor, outputVolume,
+                              noise=noise)
 
     def process(self, inputVolume, task: str = "denoise", model: Optional[str] = None, device: str = "auto",
                 steps: Optional[int] = None, factor: Optional[int] = None, timeout: Optional[float] = None):

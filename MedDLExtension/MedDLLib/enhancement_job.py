@@ -25,7 +25,7 @@ class EnhancementJob(FolderJob):
 
     def __init__(self, scene, input_volume, task: str = "denoise", model: Optional[str] = None,
                  device: str = "auto", steps: Optional[int] = None, factor: Optional[int] = None,
-                 output_volume=None, time_budget_s: Optional[float] = None) -> None:
+                 output_volume=None, time_budget_s: Optional[float] = None, noise: Optional[str] = None) -> None:
         if task not in TASKS:
             raise InputError(f"task must be one of {', '.join(TASKS)}, not {task!r}")
         if output_volume is not None and output_volume is input_volume:
@@ -43,7 +43,7 @@ class EnhancementJob(FolderJob):
         arguments = ["enhance", str(input_path), str(self.output_path), "--task", task, "--device", device,
                      "--no-compress"]
         for option, value in (("--model", model), ("--steps", steps), ("--factor", factor),
-                              ("--time-budget", time_budget_s)):
+                              ("--time-budget", time_budget_s), ("--noise", noise)):
             if value is not None:
                 arguments += [option, str(value)]
         self.engine = EngineJob(arguments, device=device)

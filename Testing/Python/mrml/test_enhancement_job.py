@@ -41,6 +41,16 @@ def test_denoised_volume_is_a_new_node_on_the_input_grid_with_its_settings(scene
     assert not job.folder.exists()
 
 
+def test_the_panels_fast_denoising_trains_no_network_and_passes_the_noise_model(scene, volume):
+    job = EnhancementJob(scene, volume, "denoise", device="cpu", steps=0, noise="gaussian")
+    assert job.wait(120) is JobState.SUCCEEDED, job.engine.error
+    node = job.finish()
+    assert node.GetAttribute("MedDL.steps") == "0" and node.GetAttribute("MedDL.noise") == "gaussian"
+    result, noisy = slicer.util.arrayFromVolume(node), slicer.util.arrayFromVolume(volume)
+    assert result.shape == noisy.shape and float(np.abs(np.diff(result, axis=2)).mean()) < 0.8 * float(
+        np.abs(np.diff(noisy, axis=2)).mean())  # smoother along rows than the noisy input
+
+
 def test_super_resolved_volume_has_the_finer_spacing_and_the_same_first_slice(scene, volume):
     job = EnhancementJob(scene, volume, "superres", device="cpu", steps=20)
     assert job.wait(180) is JobState.SUCCEEDED, job.engine.error
