@@ -7,7 +7,7 @@ group) and its coefficients are shrunk: hard-thresholded at a multiple of the no
 Wiener-shrunk by P^2 / (P^2 + sigma^2) with P the pilot estimate's coefficient. Similar blocks
 share the anatomy but not the noise, so the group concentrates the one and averages out the
 other. Every voxel receives estimates from many groups; they are averaged with BM3D's weights
-(the inverse of the noise left in the group). References are processed in slabs to bound memory.
+(the inverse of the noise left in the group). Slabs and chunks bound the memory.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import torch
 
 from ..progress import Progress, no_progress
 
-GROUP_ELEMENTS_PER_SLAB = 2**23  # references x group x block voxels held at once (~32 MiB per float tensor)
+REFERENCES_PER_SLAB = 2**16  # blocks matched at once (their distances to every candidate shift are held)
+GROUP_ELEMENTS_PER_CHUNK = 2**23  # groups x group size x block voxels filtered at once (~32 MiB per float tensor)
 
 
 @dataclass(frozen=True)
@@ -96,11 +97,9 @@ def _shrink(coefficients: torch.Tensor, pilot: Optional[torch.Tensor], sigma: fl
     return gains
 
 
-def _filter_slab(noisy: torch.Tensor, guide: torch.Tensor, pilot: Optional[torch.Tensor], sigma: float,
-                 starts: list[torch.Tensor], grouping: Grouping, hard_threshold: float):
-    """Filtered groups of one slab, returned as (flat voxel indices, weighted estimates, weights)."""
-    blocks = tuple(min(grouping.block, n) for n in noisy.shape)
-    corners = _best_matches(guide, blocks, starts, _search_offsets(grouping), grouping.group)
+def _filter_groups(noisy: torch.Tensor, pilot: Optional[torch.Tensor], corners: torch.Tensor,
+                   blocks: tuple[int, ...], sigma: float, hard_threshold: float):
+    """Filtered groups (their block corners given), as (flat voxel indices, weighted estimates, weights)."""
     within = torch.stack(torch.meshgrid(*[torch.arange(b) for b in blocks], indexing="ij"), -1).reshape(-1, 3)
     strides = torch.tensor([noisy.shape[1] * noisy.shape[2], noisy.shape[2], 1])
     voxels = (corners @ strides)[:, :, None] + (within @ strides)[None, None]  # (R, K, block voxels)
@@ -122,24 +121,29 @@ def _filter_slab(noisy: torch.Tensor, guide: torch.Tensor, pilot: Optional[torch
 def collaborative_filter(noisy: np.ndarray, guide: np.ndarray, sigma: float, pilot: Optional[np.ndarray] = None,
                          hard_threshold: float = 2.7, grouping: Grouping = Grouping(),
                          progress: Progress = no_progress) -> np.ndarray:
-    """`noisy` filtered in groups matched on `guide`: Wiener-shrunk by `pilot` if given, else hard-thresholded."""
+    """`noisy` filtered in groups matched on `guide`: Wiener-shrunk by `pilot` if given, else hard-thresholded.
+
+    Matching runs on slabs of reference rows (with the search margin around them), filtering on
+    chunks of a slab's groups: both bound the memory whatever the volume's size.
+    """
     observed, matched = torch.from_numpy(noisy.astype(np.float32)), torch.from_numpy(guide.astype(np.float32))
     prior = torch.from_numpy(pilot.astype(np.float32)) if pilot is not None else None
-    blocks = [min(grouping.block, n) for n in noisy.shape]
+    blocks = tuple(min(grouping.block, n) for n in noisy.shape)
     starts = [_reference_starts(n, b, grouping.stride) for n, b in zip(noisy.shape, blocks)]
-    per_row = len(starts[1]) * len(starts[2]) * grouping.group * int(np.prod(blocks))
-    rows_per_slab = max(1, GROUP_ELEMENTS_PER_SLAB // per_row)
+    references_per_row = len(starts[1]) * len(starts[2])
+    rows_per_slab = max(1, REFERENCES_PER_SLAB // references_per_row)
+    groups_per_chunk = max(1, GROUP_ELEMENTS_PER_CHUNK // (grouping.group * int(np.prod(blocks))))
+    offsets, plane = _search_offsets(grouping), noisy.shape[1] * noisy.shape[2]
     total, weights = torch.zeros(observed.numel()), torch.zeros(observed.numel())
-    plane = noisy.shape[1] * noisy.shape[2]
     for first in range(0, len(starts[0]), rows_per_slab):
         progress(first / len(starts[0]), "filtering groups of similar blocks")
         rows = starts[0][first:first + rows_per_slab]
         low = max(0, int(rows[0]) - grouping.reach)
-        high = min(noisy.shape[0], int(rows[-1]) + blocks[0] + grouping.reach)
-        part = slice(low, high)
-        voxels, estimates, weight = _filter_slab(
-            observed[part], matched[part], prior[part] if prior is not None else None, sigma,
-            [rows - low, starts[1], starts[2]], grouping, hard_threshold)
-        total.index_add_(0, voxels + low * plane, estimates)
-        weights.index_add_(0, voxels + low * plane, weight)
+        part = slice(low, min(noisy.shape[0], int(rows[-1]) + blocks[0] + grouping.reach))
+        corners = _best_matches(matched[part], blocks, [rows - low, starts[1], starts[2]], offsets, grouping.group)
+        for chunk in corners.split(groups_per_chunk):
+            voxels, estimates, weight = _filter_groups(observed[part], prior[part] if prior is not None else None,
+                                                       chunk, blocks, sigma, hard_threshold)
+            total.index_add_(0, voxels + low * plane, estimates)
+            weights.index_add_(0, voxels + low * plane, weight)
     return (total / weights).reshape(noisy.shape).numpy()

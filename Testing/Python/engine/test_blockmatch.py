@@ -45,11 +45,12 @@ def test_without_noise_the_image_comes_back_unchanged(clean_and_noisy):
     np.testing.assert_allclose(collaborative_filter(clean, clean, 1e-3, pilot=clean), clean, atol=0.05)
 
 
-def test_slabs_give_the_same_result_as_one_pass(clean_and_noisy, monkeypatch):
+def test_slabs_and_chunks_give_the_same_result_as_one_pass(clean_and_noisy, monkeypatch):
     clean, noisy, sigma = clean_and_noisy
     crop, guide = noisy[:20, :24, :24], clean[:20, :24, :24]
     whole = collaborative_filter(crop, guide, sigma, grouping=Grouping(reach=2))
-    monkeypatch.setattr(blockmatch, "GROUP_ELEMENTS_PER_SLAB", 1)  # one row of references per slab
+    monkeypatch.setattr(blockmatch, "REFERENCES_PER_SLAB", 1)  # one row of references per slab
+    monkeypatch.setattr(blockmatch, "GROUP_ELEMENTS_PER_CHUNK", 1)  # one group per chunk
     np.testing.assert_allclose(collaborative_filter(crop, guide, sigma, grouping=Grouping(reach=2)), whole,
                                rtol=1e-5, atol=1e-3)
 
