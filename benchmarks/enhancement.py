@@ -52,16 +52,13 @@ def _denoiser_settings(method: str, sigma: float) -> list:
 
 
 def _denoise(method: str, noisy: np.ndarray, settings: dict) -> np.ndarray:
-    if method == "meddl":
+    if method in ("meddl", "meddl-no-network"):
         from meddl.enhancement.denoise import DenoiseSettings, self_supervised_denoise
         from meddl.image import Image
 
-        return self_supervised_denoise(Image(noisy), DenoiseSettings(device="cpu")).array
-    if method == "meddl-no-network":  # ablation (--steps 0): a Gaussian blur in place of the network's prediction
-        from meddl.enhancement.denoise import DenoiseSettings, self_supervised_denoise
-        from meddl.image import Image
-
-        return self_supervised_denoise(Image(noisy), DenoiseSettings(steps=0)).array
+        # the ablation (--steps 0) has a Gaussian blur in place of the network's prediction
+        settings = DenoiseSettings(device="cpu") if method == "meddl" else DenoiseSettings(steps=0)
+        return self_supervised_denoise(Image(noisy), settings).array
     if method == "nlm":
         from skimage.restoration import denoise_nl_means
 

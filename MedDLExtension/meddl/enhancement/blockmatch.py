@@ -97,22 +97,35 @@ def _shrink(coefficients: torch.Tensor, pilot: Optional[torch.Tensor], sigma: fl
     return gains
 
 
-def _filter_groups(noisy: torch.Tensor, pilot: Optional[torch.Tensor], corners: torch.Tensor,
-                   blocks: tuple[int, ...], sigma: float, hard_threshold: float):
-    """Filtered groups (their block corners given), as (flat voxel indices, weighted estimates, weights)."""
+@dataclass(frozen=True)
+class _GroupBasis:
+    """What every group of a volume shares: flat-index strides, the block's voxel offsets, the DCTs."""
+
+    strides: torch.Tensor  # (3,) flat-index step along k, j, i
+    block_voxels: torch.Tensor  # (block voxels,) flat offsets of a block's voxels from its corner
+    block_dct: torch.Tensor  # 3D DCT of a flattened block (Kronecker product of the per-axis DCTs)
+    group_dct: torch.Tensor  # 1D DCT along the group
+
+
+def _group_basis(shape: tuple[int, ...], blocks: tuple[int, ...], group_size: int) -> _GroupBasis:
+    strides = torch.tensor([shape[1] * shape[2], shape[2], 1])
     within = torch.stack(torch.meshgrid(*[torch.arange(b) for b in blocks], indexing="ij"), -1).reshape(-1, 3)
-    strides = torch.tensor([noisy.shape[1] * noisy.shape[2], noisy.shape[2], 1])
-    voxels = (corners @ strides)[:, :, None] + (within @ strides)[None, None]  # (R, K, block voxels)
     block_dct = torch.kron(torch.kron(dct_matrix(blocks[0]), dct_matrix(blocks[1])), dct_matrix(blocks[2]))
-    group_dct = dct_matrix(corners.shape[1])
+    return _GroupBasis(strides, within @ strides, block_dct, dct_matrix(group_size))
+
+
+def _filter_groups(noisy: torch.Tensor, pilot: Optional[torch.Tensor], corners: torch.Tensor, basis: _GroupBasis,
+                   sigma: float, hard_threshold: float):
+    """Filtered groups (their block corners given), as (flat voxel indices, weighted estimates, weights)."""
+    voxels = (corners @ basis.strides)[:, :, None] + basis.block_voxels[None, None]  # (R, K, block voxels)
 
     def transform(values: torch.Tensor) -> torch.Tensor:
-        return group_dct @ (values @ block_dct.T)
+        return basis.group_dct @ (values @ basis.block_dct.T)
 
     coefficients = transform(noisy.reshape(-1)[voxels])
     gains = _shrink(coefficients, transform(pilot.reshape(-1)[voxels]) if pilot is not None else None, sigma,
                     hard_threshold)
-    estimates = group_dct.T @ (gains * coefficients) @ block_dct
+    estimates = basis.group_dct.T @ (gains * coefficients) @ basis.block_dct
     weights = 1.0 / (gains**2).sum(dim=(1, 2)).clamp(min=1e-3)
     return voxels.reshape(-1), (estimates * weights[:, None, None]).reshape(-1), weights[:, None, None].expand_as(
         estimates).reshape(-1)
@@ -134,6 +147,7 @@ def collaborative_filter(noisy: np.ndarray, guide: np.ndarray, sigma: float, pil
     rows_per_slab = max(1, REFERENCES_PER_SLAB // references_per_row)
     groups_per_chunk = max(1, GROUP_ELEMENTS_PER_CHUNK // (grouping.group * int(np.prod(blocks))))
     offsets, plane = _search_offsets(grouping), noisy.shape[1] * noisy.shape[2]
+    basis = _group_basis(noisy.shape, blocks, min(grouping.group, len(offsets)))
     total, weights = torch.zeros(observed.numel()), torch.zeros(observed.numel())
     for first in range(0, len(starts[0]), rows_per_slab):
         progress(first / len(starts[0]), "filtering groups of similar blocks")
@@ -143,7 +157,7 @@ def collaborative_filter(noisy: np.ndarray, guide: np.ndarray, sigma: float, pil
         corners = _best_matches(matched[part], blocks, [rows - low, starts[1], starts[2]], offsets, grouping.group)
         for chunk in corners.split(groups_per_chunk):
             voxels, estimates, weight = _filter_groups(observed[part], prior[part] if prior is not None else None,
-                                                       chunk, blocks, sigma, hard_threshold)
+                                                       chunk, basis, sigma, hard_threshold)
             total.index_add_(0, voxels + low * plane, estimates)
             weights.index_add_(0, voxels + low * plane, weight)
     return (total / weights).reshape(noisy.shape).numpy()

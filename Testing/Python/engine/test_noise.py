@@ -36,4 +36,3 @@ def test_rician_bias_correction_inverts_the_rician_mean():
     np.testing.assert_allclose(corrected[2:], amplitudes[2:], atol=0.15 * sigma)
     np.testing.assert_array_equal(rician_bias_correction(samples[:, 0].astype(np.float32), 0.0),
                                   samples[:, 0].astype(np.float32))
-
