@@ -218,6 +218,7 @@ class SegmentationTrainer:
                 report_metrics(self.report, min(fraction, 1.0), _summary(entry), entry)
             if stop:
                 break
+        self.model = self.network  # drop the DDP wrapper: its reducer holds the process group that close() destroys
         self.context.close()
         return SegmentationTrainingResult(self.out, best_scores, history, self.slice_axis)
 
