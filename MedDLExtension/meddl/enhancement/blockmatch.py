@@ -12,11 +12,13 @@ other. Every voxel receives estimates from many groups; they are averaged with B
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..progress import Progress, no_progress
 
@@ -58,31 +60,52 @@ def _reference_starts(length: int, block: int, stride: int) -> torch.Tensor:
     return torch.tensor(starts)
 
 
-def _box_sums_at(values: torch.Tensor, blocks: tuple[int, ...], starts: list[torch.Tensor]) -> torch.Tensor:
-    """Sums of `values` over the blocks starting at the given starts (the product grid of them)."""
-    for axis, (block, where) in enumerate(zip(blocks, starts)):
-        summed = values.cumsum(axis)
-        length = summed.shape[axis]
-        windows = torch.cat([summed.narrow(axis, block - 1, 1),
-                             summed.narrow(axis, block, length - block) - summed.narrow(axis, 0, length - block)], axis)
-        values = windows.index_select(axis, where)
-    return values
+def _arithmetic_runs(starts: torch.Tensor, stride: int) -> list[tuple[int, int, int]]:
+    """`starts` cut into runs of step `stride`: (first start, count, index of the first) for each run."""
+    runs, values = [], starts.tolist()
+    for index, start in enumerate(values):
+        if runs and start - values[index - 1] == stride:
+            first, count, position = runs[-1]
+            runs[-1] = (first, count + 1, position)
+        else:
+            runs.append((start, 1, index))
+    return runs
+
+
+def _block_sums(values: torch.Tensor, blocks: tuple[int, ...], runs: list[list[tuple[int, int, int]]],
+                stride: int) -> torch.Tensor:
+    """Sums of `values` over the blocks at the product grid of starts given as runs of step `stride` per axis.
+
+    Each run is one strided pooling; a grid's last start, flush with the end, is a run of its own.
+    """
+    sums = values.new_empty([sum(count for _, count, _ in axis_runs) for axis_runs in runs])
+    for pieces in itertools.product(*runs):
+        region, where = values, []
+        for axis, ((first, count, position), block) in enumerate(zip(pieces, blocks)):
+            region = region.narrow(axis, first, (count - 1) * stride + block)
+            where.append(slice(position, position + count))
+        sums[tuple(where)] = F.avg_pool3d(region[None, None], blocks, stride, divisor_override=1)[0, 0]
+    return sums
 
 
 def _best_matches(guide: torch.Tensor, blocks: tuple[int, ...], starts: list[torch.Tensor],
-                  offsets: torch.Tensor, group: int) -> torch.Tensor:
+                  offsets: torch.Tensor, grouping: Grouping) -> torch.Tensor:
     """Start corners (R, K, 3) of each reference's K most similar blocks on the guide, itself first."""
-    shape = torch.tensor(guide.shape)
+    shape, reach = torch.tensor(guide.shape), grouping.reach
     grid = torch.stack(torch.meshgrid(*starts, indexing="ij"), -1).reshape(-1, 3)
+    padded = F.pad(guide, [reach] * 6)  # a shifted guide is a view of it (what falls outside is masked below)
+    runs = [_arithmetic_runs(axis_starts, grouping.stride) for axis_starts in starts]
+    difference = torch.empty_like(guide)
     distances = torch.empty(len(grid), len(offsets))
     for index, offset in enumerate(offsets.tolist()):
-        shifted = torch.roll(guide, [-o for o in offset], dims=(0, 1, 2))
-        distances[:, index] = _box_sums_at((shifted - guide) ** 2, blocks, starts).reshape(-1)
+        shifted = padded[tuple(slice(reach + o, reach + o + n) for o, n in zip(offset, guide.shape))]
+        torch.sub(shifted, guide, out=difference).square_()
+        distances[:, index] = _block_sums(difference, blocks, runs, grouping.stride).reshape(-1)
     candidates = grid[:, None, :] + offsets[None]
     inside = ((candidates >= 0) & (candidates <= shape - torch.tensor(blocks))).all(-1)
     distances[~inside] = float("inf")
     distances[:, 0] = -1.0
-    best = torch.topk(distances, min(group, len(offsets)), dim=1, largest=False)
+    best = torch.topk(distances, min(grouping.group, len(offsets)), dim=1, largest=False)
     chosen = torch.where(torch.isinf(best.values), 0, best.indices)  # too few candidates: repeat the reference
     return grid[:, None, :] + offsets[chosen]
 
@@ -91,7 +114,8 @@ def _shrink(coefficients: torch.Tensor, pilot: Optional[torch.Tensor], sigma: fl
             hard_threshold: float) -> torch.Tensor:
     """Per-coefficient gains: Wiener from the pilot's coefficients, else hard thresholding (group mean kept)."""
     if pilot is not None:
-        return pilot**2 / (pilot**2 + sigma * sigma)
+        power = pilot.square_()
+        return power.div_(power + sigma * sigma)
     gains = (coefficients.abs() > hard_threshold * sigma).to(coefficients.dtype)
     gains[:, 0, 0] = 1.0
     return gains
@@ -115,8 +139,8 @@ def _group_basis(shape: tuple[int, ...], blocks: tuple[int, ...], group_size: in
 
 
 def _filter_groups(noisy: torch.Tensor, pilot: Optional[torch.Tensor], corners: torch.Tensor, basis: _GroupBasis,
-                   sigma: float, hard_threshold: float):
-    """Filtered groups (their block corners given), as (flat voxel indices, weighted estimates, weights)."""
+                   sigma: float, hard_threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Filtered groups (their block corners given): flat voxel indices, weighted estimates, and each group's weight."""
     voxels = (corners @ basis.strides)[:, :, None] + basis.block_voxels[None, None]  # (R, K, block voxels)
 
     def transform(values: torch.Tensor) -> torch.Tensor:
@@ -125,10 +149,17 @@ def _filter_groups(noisy: torch.Tensor, pilot: Optional[torch.Tensor], corners: 
     coefficients = transform(noisy.reshape(-1)[voxels])
     gains = _shrink(coefficients, transform(pilot.reshape(-1)[voxels]) if pilot is not None else None, sigma,
                     hard_threshold)
-    estimates = basis.group_dct.T @ (gains * coefficients) @ basis.block_dct
-    weights = 1.0 / (gains**2).sum(dim=(1, 2)).clamp(min=1e-3)
-    return voxels.reshape(-1), (estimates * weights[:, None, None]).reshape(-1), weights[:, None, None].expand_as(
-        estimates).reshape(-1)
+    weights = 1.0 / gains.square().sum(dim=(1, 2)).clamp(min=1e-3)
+    coefficients.mul_(gains).mul_(weights[:, None, None])  # the transform is linear: weigh before inverting
+    estimates = basis.group_dct.T @ coefficients @ basis.block_dct
+    return voxels.reshape(-1), estimates.reshape(-1), weights
+
+
+def _covering_sums(corner_weights: torch.Tensor, blocks: tuple[int, ...]) -> torch.Tensor:
+    """For each voxel, the sum of the weights given at the corners of the blocks that contain it."""
+    before = [side for block in reversed(blocks) for side in (block - 1, 0)]  # corners up to block - 1 voxels back
+    padded = F.pad(corner_weights[None, None], before)
+    return F.avg_pool3d(padded, blocks, 1, divisor_override=1)[0, 0]
 
 
 def collaborative_filter(noisy: np.ndarray, guide: np.ndarray, sigma: float, pilot: Optional[np.ndarray] = None,
@@ -146,18 +177,19 @@ def collaborative_filter(noisy: np.ndarray, guide: np.ndarray, sigma: float, pil
     references_per_row = len(starts[1]) * len(starts[2])
     rows_per_slab = max(1, REFERENCES_PER_SLAB // references_per_row)
     groups_per_chunk = max(1, GROUP_ELEMENTS_PER_CHUNK // (grouping.group * int(np.prod(blocks))))
-    offsets, plane = _search_offsets(grouping), noisy.shape[1] * noisy.shape[2]
+    offsets = _search_offsets(grouping)
     basis = _group_basis(noisy.shape, blocks, min(grouping.group, len(offsets)))
-    total, weights = torch.zeros(observed.numel()), torch.zeros(observed.numel())
+    total, corner_weights = torch.zeros(observed.numel()), torch.zeros(observed.numel())
     for first in range(0, len(starts[0]), rows_per_slab):
         progress(first / len(starts[0]), "filtering groups of similar blocks")
         rows = starts[0][first:first + rows_per_slab]
         low = max(0, int(rows[0]) - grouping.reach)
         part = slice(low, min(noisy.shape[0], int(rows[-1]) + blocks[0] + grouping.reach))
-        corners = _best_matches(matched[part], blocks, [rows - low, starts[1], starts[2]], offsets, grouping.group)
-        for chunk in corners.split(groups_per_chunk):
-            voxels, estimates, weight = _filter_groups(observed[part], prior[part] if prior is not None else None,
-                                                       chunk, basis, sigma, hard_threshold)
-            total.index_add_(0, voxels + low * plane, estimates)
-            weights.index_add_(0, voxels + low * plane, weight)
-    return (total / weights).reshape(noisy.shape).numpy()
+        corners = _best_matches(matched[part], blocks, [rows - low, starts[1], starts[2]], offsets, grouping)
+        for chunk in (corners + torch.tensor([low, 0, 0])).split(groups_per_chunk):
+            voxels, estimates, group_weights = _filter_groups(observed, prior, chunk, basis, sigma, hard_threshold)
+            total.index_add_(0, voxels, estimates)
+            corner_weights.index_add_(0, (chunk @ basis.strides).reshape(-1),
+                                      group_weights[:, None].expand(chunk.shape[:2]).reshape(-1))
+    weights = _covering_sums(corner_weights.reshape(noisy.shape), blocks)
+    return (total.reshape(noisy.shape) / weights).numpy()

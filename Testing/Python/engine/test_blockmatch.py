@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from meddl.enhancement import blockmatch
 from meddl.enhancement.blockmatch import Grouping, collaborative_filter, dct_matrix
 from meddl.io import read_image
@@ -25,6 +26,15 @@ def test_dct_matrix_is_orthonormal():
     for size in (1, 4, 32):
         matrix = dct_matrix(size)
         np.testing.assert_allclose(matrix @ matrix.T, np.eye(size), atol=1e-5)
+
+
+def test_block_sums_on_an_irregular_grid_match_direct_sums():
+    values = torch.from_numpy(np.random.default_rng(1).random((11, 9, 7), dtype=np.float32))
+    starts = [torch.tensor([1, 4, 7]), torch.tensor([0, 3, 5]), torch.tensor([3])]  # runs of step 3, then a last start
+    runs = [blockmatch._arithmetic_runs(axis_starts, 3) for axis_starts in starts]
+    sums = blockmatch._block_sums(values, (4, 4, 4), runs, 3)
+    direct = [[[values[k:k + 4, j:j + 4, i:i + 4].sum() for i in starts[2]] for j in starts[1]] for k in starts[0]]
+    np.testing.assert_allclose(sums.numpy(), np.array(direct), rtol=1e-5)
 
 
 def test_hard_thresholding_then_wiener_each_remove_more_noise(clean_and_noisy):
