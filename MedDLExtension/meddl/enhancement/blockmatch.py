@@ -112,7 +112,8 @@ def _best_matches(guide: torch.Tensor, blocks: tuple[int, ...], starts: list[tor
 
 def _shrink(coefficients: torch.Tensor, pilot: Optional[torch.Tensor], sigma: float,
             hard_threshold: float) -> torch.Tensor:
-    """Per-coefficient gains: Wiener from the pilot's coefficients, else hard thresholding (group mean kept)."""
+    """Per-coefficient gains: Wiener from the pilot's coefficients (overwritten), else hard thresholding
+    (group mean kept)."""
     if pilot is not None:
         power = pilot.square_()
         return power.div_(power + sigma * sigma)
@@ -138,10 +139,12 @@ def _group_basis(shape: tuple[int, ...], blocks: tuple[int, ...], group_size: in
     return _GroupBasis(strides, within @ strides, block_dct, dct_matrix(group_size))
 
 
-def _filter_groups(noisy: torch.Tensor, pilot: Optional[torch.Tensor], corners: torch.Tensor, basis: _GroupBasis,
-                   sigma: float, hard_threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Filtered groups (their block corners given): flat voxel indices, weighted estimates, and each group's weight."""
-    voxels = (corners @ basis.strides)[:, :, None] + basis.block_voxels[None, None]  # (R, K, block voxels)
+def _filter_groups(noisy: torch.Tensor, pilot: Optional[torch.Tensor], corner_indices: torch.Tensor,
+                   basis: _GroupBasis, sigma: float,
+                   hard_threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Filtered groups (the flat indices (R, K) of their block corners given): flat voxel indices,
+    weighted estimates, and each group's weight."""
+    voxels = corner_indices[:, :, None] + basis.block_voxels[None, None]  # (R, K, block voxels)
 
     def transform(values: torch.Tensor) -> torch.Tensor:
         return basis.group_dct @ (values @ basis.block_dct.T)
@@ -186,10 +189,9 @@ def collaborative_filter(noisy: np.ndarray, guide: np.ndarray, sigma: float, pil
         low = max(0, int(rows[0]) - grouping.reach)
         part = slice(low, min(noisy.shape[0], int(rows[-1]) + blocks[0] + grouping.reach))
         corners = _best_matches(matched[part], blocks, [rows - low, starts[1], starts[2]], offsets, grouping)
-        for chunk in (corners + torch.tensor([low, 0, 0])).split(groups_per_chunk):
+        for chunk in ((corners + torch.tensor([low, 0, 0])) @ basis.strides).split(groups_per_chunk):
             voxels, estimates, group_weights = _filter_groups(observed, prior, chunk, basis, sigma, hard_threshold)
             total.index_add_(0, voxels, estimates)
-            corner_weights.index_add_(0, (chunk @ basis.strides).reshape(-1),
-                                      group_weights[:, None].expand(chunk.shape[:2]).reshape(-1))
+            corner_weights.index_add_(0, chunk.reshape(-1), group_weights[:, None].expand_as(chunk).reshape(-1))
     weights = _covering_sums(corner_weights.reshape(noisy.shape), blocks)
     return (total.reshape(noisy.shape) / weights).numpy()
