@@ -43,7 +43,7 @@ def _setup():
 
 def _prepare(case: str):
     import torch
-    from meddl.classify import classify, prepare, saliency
+    from meddl.classification.classify import classify, prepare, saliency
 
     images, model = _setup()
     if case == "monai":

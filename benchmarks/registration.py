@@ -102,7 +102,7 @@ def meddl_register(fixed, moving) -> np.ndarray:
 
 def run_case(method: str) -> dict:
     from meddl.registration.fields import folded_share, warp
-    from meddl.sample_data import dice
+    from meddl.segmentation.metrics import dice
 
     fixed, labels, moving, moving_labels, truth = _pair()
     call = {"meddl": meddl_register, "sitk-bspline-mattes": sitk_bspline, "sitk-demons": sitk_demons}[method]

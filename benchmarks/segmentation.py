@@ -23,7 +23,7 @@ import harness
 from harness import time_call
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "MedDLExtension"))
+sys.path[:0] = [str(ROOT / "MedDLExtension"), str(ROOT / "Testing" / "Python")]
 RESULTS = ROOT / "benchmarks" / "results" / "segmentation.json"
 ROI, OVERLAP, SW_BATCH = (96, 96, 96), 0.25, 2
 UNET = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [16, 32, 64, 128], "strides": [2, 2, 2],
@@ -79,7 +79,7 @@ def _prepare(case: str):
             tensor = (tensor - tensor.mean()) / tensor.std()
             return lambda: sliding_window_inference(tensor, ROI, SW_BATCH, network, overlap=OVERLAP)
         from meddl.models.loading import LoadedModel
-        from meddl.segment import segment
+        from meddl.segmentation.segment import segment
 
         model = LoadedModel(_card(), {"network": network})
         return lambda: segment(image, model, device="cpu")
@@ -91,10 +91,10 @@ def _prepare(case: str):
 
         return lambda: run_bet([t1], mask_paths=[f"{out}/mask.nii.gz"], no_gpu=True)
     if kind == "deepbet-meddl":
-        from meddl.segment import segment_file
+        from meddl.segmentation.segment import segment_file
 
         return lambda: segment_file(t1, f"{out}/mask.nii.gz", "deepbet-brain-extraction", device="cpu")
-    from MedDLLib.headless import HeadlessScene
+    from headless_slicer import HeadlessScene
     from MedDLLib.jobs import shut_down_workers
     from MedDLLib.segmentation_job import SegmentationJob
 

@@ -36,13 +36,13 @@ def _data():
 
 
 def _settings(**changes):
-    from meddl.training.segmentation import SegmentationTrainingSettings
+    from meddl.segmentation.training import SegmentationTrainingSettings
 
     return SegmentationTrainingSettings(**{"patch_size": PATCH, "batch_size": BATCH, "device": "cpu", **changes})
 
 
 def _meddl_loop():
-    from meddl.training.segmentation import train_segmentation
+    from meddl.segmentation.training import train_segmentation
 
     (image, label), _ = _data()
 
@@ -56,7 +56,7 @@ def _meddl_loop():
 def _monai_loop():
     import torch
     from meddl.models.networks import build_monai_network
-    from meddl.training.segmentation import _card, prepare_volumes
+    from meddl.segmentation.training import _card, prepare_volumes
     from monai.data import DataLoader, Dataset
     from monai.losses import DiceCELoss
     from monai.transforms import RandCropByPosNegLabeld
@@ -83,9 +83,9 @@ def _monai_loop():
 def _dice_cases() -> list[dict]:
     import numpy as np
     from meddl.models.loading import load_model
-    from meddl.sample_data import dice
-    from meddl.segment import segment
-    from meddl.training.segmentation import train_segmentation
+    from meddl.segmentation.metrics import dice
+    from meddl.segmentation.segment import segment
+    from meddl.segmentation.training import train_segmentation
 
     (image, label), (train, val) = _data()
     rows = []

@@ -14,13 +14,14 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedDLExtension"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "MedDLExtension"), str(ROOT / "Testing" / "Python")]  # MedDL, and Slicer without Qt
 
+from headless_slicer import HeadlessScene, render_slice_view  # noqa: E402
 from meddl.io import read_image, write_image  # noqa: E402
 from meddl.models import catalog  # noqa: E402
-from meddl.sample_data import dice, mni152_paths, reference_brain_mask  # noqa: E402
-from MedDLLib.headless import HeadlessScene  # noqa: E402
-from MedDLLib.rendering import render_slice_view  # noqa: E402
+from meddl.sample_data import mni152_paths, reference_brain_mask  # noqa: E402
+from meddl.segmentation.metrics import dice  # noqa: E402
 from MedDLLib.segmentation_job import SegmentationJob  # noqa: E402
 from MedDLLib.segmentations import label_map_from_segmentation  # noqa: E402
 from MedDLLib.volumes import image_from_volume_node  # noqa: E402

@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import ctk
 import slicer
+from meddl.device import DEVICE_CHOICES
 from MedDLLib.classification_job import ClassificationJob
 from MedDLLib.jobs import finish_within
 from MedDLWidgets.module_widget import MedDLWidgetMixin
@@ -43,7 +44,7 @@ class MedDLClassificationParameterNode:
     """What the panel edits (the input volumes are the checked items of the volume selector)."""
 
     model: str = ""
-    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
     roi: vtkMRMLMarkupsROINode
     computeSaliency: bool = True
     saliencyClass: str = ""
@@ -88,10 +89,9 @@ class MedDLClassificationWidget(MedDLWidgetMixin, ScriptedLoadableModuleWidget, 
         except Exception as error:
             slicer.util.errorDisplay(_("Cannot start classification: {error}").format(error=error))
             return
-        self.runner.start(job, _("Classifying..."), self._showResults)
+        self.runner.start(job, _("Classifying..."), lambda table: self._showResults(job, table))
 
-    def _showResults(self, job: ClassificationJob) -> None:
-        table = job.finish()
+    def _showResults(self, job: ClassificationJob, table) -> None:
         self._parameterNode.outputTable = table
         selection = slicer.app.applicationLogic().GetSelectionNode()
         selection.SetActiveTableID(table.GetID())
@@ -122,12 +122,15 @@ class MedDLClassificationLogic(ScriptedLoadableModuleLogic):
 
 
 class MedDLClassificationTest(ScriptedLoadableModuleTest):
-    """Self-test inside Slicer: a small classifier built here, real sample data, table and saliency."""
+    """Self-test inside Slicer: a small classifier built here, real sample data; the panel (checked volumes, ROI,
+    Apply) and the logic, table and saliency."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        self.setUp()
+        self.test_panel_table_and_saliency_inside_a_roi()
         self.setUp()
         self.test_table_and_saliency()
 
@@ -137,8 +140,8 @@ class MedDLClassificationTest(ScriptedLoadableModuleTest):
         from pathlib import Path
 
         import torch
+        from meddl.classification.training import network_spec
         from meddl.models.networks import build_monai_network
-        from meddl.training.classifier import network_spec
 
         folder = Path(tempfile.mkdtemp(prefix="meddl-selftest-"))
         network, layer = network_spec("densenet", 3, 1, 2)
@@ -149,6 +152,38 @@ class MedDLClassificationTest(ScriptedLoadableModuleTest):
                 "saliency": {"target_layer": layer}}
         (folder / "model.json").write_text(json.dumps(card))
         return str(folder / "model.pt")
+
+    def test_panel_table_and_saliency_inside_a_roi(self):
+        import SampleData
+
+        self.delayDisplay("Classification of MRHead through the panel, limited to a ROI")
+        volume = SampleData.SampleDataLogic().downloadMRHead()
+        bounds = [0.0] * 6
+        volume.GetRASBounds(bounds)
+        roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "MedDL self-test ROI")
+        roi.SetCenter([(bounds[2 * axis] + bounds[2 * axis + 1]) / 2 for axis in range(3)])
+        roi.SetSize([60.0, 60.0, 60.0])
+        widget = slicer.util.getModuleWidget("MedDLClassification")
+        widget.enter()  # as on entering the module: a scene clear drops the panel's parameter node
+        parameters = widget._parameterNode
+        parameters.model = self._classifier()
+        parameters.device = "cpu"
+        parameters.roi = roi
+        parameters.computeSaliency = True
+        parameters.outputTable = None
+        widget.ui.inputVolumesSelector.check(volume)
+        status = widget.applyAndWait()
+        self.assertTrue(status.startswith("Done"), status)
+        table = parameters.outputTable
+        self.assertIsNotNone(table)
+        self.assertEqual(table.GetNumberOfRows(), 1)
+        saliency = [node for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                    if node.GetID() != volume.GetID()]
+        self.assertEqual(len(saliency), 1)
+        heat = slicer.util.arrayFromVolume(saliency[0])
+        self.assertEqual(heat.shape, slicer.util.arrayFromVolume(volume).shape)  # on the input's whole grid
+        self.assertEqual(float(heat[0, 0, 0]), 0.0)  # a corner lies outside the ROI
+        self.delayDisplay("Panel classification passed")
 
     def test_table_and_saliency(self):
         import SampleData

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+from meddl.cli.classify import ClassifyRequest, ClassifyResult
 from meddl.errors import InputError
 from meddl.image import Image, check_volume
 from meddl.io import read_image, write_image
@@ -54,20 +56,16 @@ class ClassificationJob(FolderJob):
         except Exception:
             self.clean_up()
             raise
-        arguments = ["classify", *paths, "--model", str(model), "--csv", str(self.folder / "results.csv"),
-                     "--device", device]
-        if with_saliency:
-            arguments += ["--saliency", str(self.folder / "saliency")]
-            if saliency_class:
-                arguments += ["--class", saliency_class]
-        self.engine = EngineJob(arguments, device=device)
+        request = ClassifyRequest(tuple(paths), str(model), str(self.folder / "results.csv"),
+                                  str(self.folder / "saliency") if with_saliency else None,
+                                  saliency_class if with_saliency else None, device)
+        self.engine = EngineJob(request, device=device)
         self.saliency_nodes: list = []
 
-    def _apply(self):
+    def _apply(self, result: ClassifyResult):
         """Fill (or create) the table node and add the saliency volumes; returns the table node."""
-        rows = list(csv.DictReader((self.folder / "results.csv").read_text().splitlines()))
-        saliency_files = self.engine.result["outputs"]["saliency"]
-        maps = [self._full_grid_saliency(i, path) for i, path in enumerate(saliency_files)]
+        rows = list(csv.DictReader(Path(result.csv).read_text().splitlines()))
+        maps = [self._full_grid_saliency(i, path) for i, path in enumerate(result.saliency)]
         return self._fill_scene(rows, maps)
 
     def _full_grid_saliency(self, index: int, path: str) -> Image:

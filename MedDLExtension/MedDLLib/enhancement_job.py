@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from meddl.cli.enhance import EnhanceRequest, EnhanceResult
+from meddl.enhancement import KINDS
 from meddl.errors import InputError
 from meddl.image import check_volume
 from meddl.io import read_image, write_image
@@ -17,17 +19,16 @@ from .jobs import EngineJob, FolderJob
 from .segmentations import place_beside_in_hierarchy
 from .volumes import image_from_volume_node, set_volume_node_from_image, volume_node_from_image
 
-TASKS = ("denoise", "superres")
-
 
 class EnhancementJob(FolderJob):
     """Exports the input, runs `meddl enhance` on the worker and adds the enhanced volume on success."""
 
     def __init__(self, scene, input_volume, task: str = "denoise", model: Optional[str] = None,
                  device: str = "auto", steps: Optional[int] = None, factor: Optional[int] = None,
-                 output_volume=None, time_budget_s: Optional[float] = None, noise: Optional[str] = None) -> None:
-        if task not in TASKS:
-            raise InputError(f"task must be one of {', '.join(TASKS)}, not {task!r}")
+                 output_volume=None, time_budget_s: Optional[float] = None, noise: Optional[str] = None,
+                 method: Optional[str] = None) -> None:
+        if task not in KINDS:
+            raise InputError(f"task must be one of {', '.join(KINDS)}, not {task!r}")
         if output_volume is not None and output_volume is input_volume:
             raise InputError("the output volume must not be the input volume: the input is always kept")
         self.scene, self.input_volume, self.output_volume, self.task = scene, input_volume, output_volume, task
@@ -39,19 +40,15 @@ class EnhancementJob(FolderJob):
         except Exception:
             self.clean_up()
             raise
-        self.output_path = self.folder / "enhanced.nrrd"
-        arguments = ["enhance", str(input_path), str(self.output_path), "--task", task, "--device", device,
-                     "--no-compress"]
-        for option, value in (("--model", model), ("--steps", steps), ("--factor", factor),
-                              ("--time-budget", time_budget_s), ("--noise", noise)):
-            if value is not None:
-                arguments += [option, str(value)]
-        self.engine = EngineJob(arguments, device=device)
+        request = EnhanceRequest(str(input_path), str(self.folder / "enhanced.nrrd"), task, method,
+                                 str(model) if model else None, steps, factor, time_budget_s, noise, device,
+                                 compress=False)
+        self.engine = EngineJob(request, device=device)
 
-    def _apply(self):
+    def _apply(self, result: EnhanceResult):
         """Add (or fill) the output volume node; returns it."""
-        image = read_image(self.output_path)
-        settings: dict[str, Any] = self.engine.result.get("settings", {})
+        image = read_image(result.image)
+        settings: dict[str, Any] = result.settings
         node = self.output_volume
         if node is None:
             label = "denoised" if self.task == "denoise" else "super-resolved"

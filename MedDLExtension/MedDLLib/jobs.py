@@ -21,12 +21,14 @@ import tempfile
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections import deque
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import meddl
+from meddl.protocol import Request, Result
 
 POLL_SECONDS = 0.02
 
@@ -42,13 +44,32 @@ class JobFailed(RuntimeError):
     """The worker reported an error or exited abnormally; the message is the worker's."""
 
 
+PYTHON_SLICER = ("PythonSlicer", "PythonSlicer.exe")
+
+
+def inside_slicer() -> bool:
+    """True when this process is not a plain Python interpreter: the Slicer application (SlicerApp-real)
+    or Slicer's own Python (python-real, started by the PythonSlicer launcher)."""
+    name = Path(sys.executable or "").name.lower()
+    return not name.startswith("python") or name.startswith("python-real") or "slicer" in name
+
+
 def python_executable() -> str:
-    """Slicer's PythonSlicer launcher when inside Slicer, else this interpreter."""
-    folder = Path(sys.executable).parent
-    for name in ("PythonSlicer", "PythonSlicer.exe"):
-        if (folder / name).is_file():
-            return str(folder / name)
-    return sys.executable
+    """The interpreter that runs the worker: this one outside Slicer; inside Slicer, Slicer's PythonSlicer
+    launcher (it sets the library paths Slicer's Python needs), found on the PATH that the application
+    sets, then beside the running executable. Never a guess: without it the job fails with a clear message."""
+    if not inside_slicer():
+        return sys.executable
+    found = shutil.which("PythonSlicer")
+    if found:
+        return found
+    for name in PYTHON_SLICER:
+        beside = Path(sys.executable or ".").parent / name
+        if beside.is_file():
+            return str(beside)
+    raise JobFailed(f"cannot find Slicer's Python launcher (PythonSlicer) on the PATH or beside {sys.executable!r}, "
+                    "so MedDL cannot start its background process; reinstall Slicer or start it from its own "
+                    "launcher")
 
 
 def engine_environment(device: str | None = None) -> dict[str, str]:
@@ -154,19 +175,55 @@ def shut_down_workers() -> None:
         _idle_workers.popitem()[1].close()
 
 
-class EngineJob:
-    """One `meddl` command run on a worker with JSON-lines progress."""
+class Job(ABC):
+    """What every MedDL background job offers the widget's job runner, scripts and tests.
 
-    def __init__(self, arguments: list[str], device: str | None = None) -> None:
+    `poll()` takes in what the worker reported (call it from a timer), `fraction` and `message` say how
+    far it is, `state` whether it ended, `cancel()` stops it, and `finish()` returns what it made (for a
+    scene-facing job, after changing the scene) or raises JobFailed with the worker's message.
+    """
+
+    state: JobState
+    fraction: float
+    message: str
+    cancelled_message = "Cancelled; nothing was changed."
+
+    @abstractmethod
+    def poll(self) -> list[dict[str, Any]]:
+        """Events received since the last poll."""
+
+    @abstractmethod
+    def cancel(self) -> None:
+        """Stop now; the job ends as CANCELLED."""
+
+    @abstractmethod
+    def finish(self) -> Any:
+        """The job's product once it succeeded; raises JobFailed otherwise."""
+
+    def wait(self, timeout: float | None = None) -> JobState:
+        """Block until the job ends (or `timeout` seconds pass), polling; returns the state."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.poll()
+        while self.state is JobState.RUNNING and (deadline is None or time.monotonic() < deadline):
+            time.sleep(POLL_SECONDS)
+            self.poll()
+        return self.state
+
+
+class EngineJob(Job):
+    """One typed worker request (`meddl.protocol.Request`) run on a worker with JSON-lines progress."""
+
+    def __init__(self, request: Request, device: str | None = None) -> None:
         self.id = uuid.uuid4().hex
+        self.request = request
         self.fraction = 0.0
         self.message = "starting"
         self.state = JobState.RUNNING
-        self.result: dict[str, Any] = {}
+        self.result: Result | None = None
         self.error = ""
         self.worker = acquire_worker(device)
         self.process = self.worker.process
-        self.worker.submit(self.id, list(arguments))
+        self.worker.submit(self.id, request.argv())
 
     def poll(self) -> list[dict[str, Any]]:
         """Events received since the last poll; updates fraction, message and state."""
@@ -187,7 +244,7 @@ class EngineJob:
         if kind == "progress":
             self.fraction, self.message = float(event.get("fraction", 0.0)), str(event.get("message", ""))
         elif kind == "done":
-            self.result = event
+            self.result = self.request.read_result(event)
             self.fraction = 1.0
             self._end(JobState.SUCCEEDED, "done")
         elif kind == "error" and event.get("job") == self.id:
@@ -199,28 +256,23 @@ class EngineJob:
             self.error = message
         release_worker(self.worker)
 
-    def wait(self, timeout: float | None = None) -> JobState:
-        """Block until the job ends (or `timeout` seconds pass) and return the state."""
-        return wait_polling(self, timeout)
-
     def cancel(self) -> None:
         """Stop the job now by killing its worker; the job ends as CANCELLED."""
         if self.state is JobState.RUNNING:
             self.worker.kill()
             self.state, self.message = JobState.CANCELLED, "cancelled"
 
+    def finish(self) -> Result:
+        """The typed result of the request; raises JobFailed unless the job succeeded."""
+        self.poll()
+        if self.state is JobState.FAILED:
+            raise JobFailed(self.error)
+        if self.state is not JobState.SUCCEEDED or self.result is None:
+            raise JobFailed(f"the job is {self.state.value}, not finished")
+        return self.result
 
-def wait_polling(job, timeout: float | None) -> JobState:
-    """Poll `job` until it ends or `timeout` seconds pass; returns its state."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    job.poll()
-    while job.state is JobState.RUNNING and (deadline is None or time.monotonic() < deadline):
-        time.sleep(POLL_SECONDS)
-        job.poll()
-    return job.state
 
-
-def finish_within(job, timeout: float | None, what: str):
+def finish_within(job: Job, timeout: float | None, what: str):
     """Wait for a job (scripts, tests, the console) and return `job.finish()`; cancel it past `timeout`."""
     if job.wait(timeout) is JobState.RUNNING:
         job.cancel()
@@ -251,11 +303,11 @@ def _kill_tree(process: subprocess.Popen) -> None:
         process.kill()
 
 
-class FolderJob:
+class FolderJob(Job):
     """A job that exchanges files with the worker through a private folder, removed in every outcome.
 
-    A subclass writes its inputs into `self.folder`, starts `self.engine`, and implements `_apply()`,
-    which changes the scene; `finish()` calls it only after the job succeeded.
+    A subclass writes its inputs into `self.folder`, starts `self.engine` with its request, and
+    implements `_apply(result)`, which changes the scene; `finish()` calls it only after the job succeeded.
     """
 
     engine: EngineJob
@@ -267,12 +319,16 @@ class FolderJob:
     def state(self) -> JobState:
         return self.engine.state
 
+    @property
+    def fraction(self) -> float:
+        return self.engine.fraction
+
+    @property
+    def message(self) -> str:
+        return self.engine.message
+
     def poll(self) -> list[dict[str, Any]]:
         return self.engine.poll()
-
-    def wait(self, timeout: float | None = None) -> JobState:
-        """Block until the job ends (or `timeout` seconds pass), polling through `poll()` so subclasses see events."""
-        return wait_polling(self, timeout)
 
     def cancel(self) -> None:
         self.engine.cancel()
@@ -280,18 +336,14 @@ class FolderJob:
 
     def finish(self):
         """Apply a succeeded job to the scene and return what it made; raises JobFailed otherwise."""
-        self.poll()
         try:
-            if self.engine.state is JobState.FAILED:
-                raise JobFailed(self.engine.error)
-            if self.engine.state is not JobState.SUCCEEDED:
-                raise JobFailed(f"the job is {self.engine.state.value}, not finished")
-            return self._apply()
+            return self._apply(self.engine.finish())
         finally:
             self.clean_up()
 
-    def _apply(self):
-        raise NotImplementedError
+    @abstractmethod
+    def _apply(self, result: Result):
+        """Change the scene from the worker's result; returns what the job made."""
 
     def clean_up(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -10,15 +10,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from meddl.library import store
+from meddl.cli.models import CARD_FORM, ImportRequest, InstallRequest
 from meddl.library.overview import ModelRow, model_rows
+from meddl.models import store
 
 from .jobs import EngineJob
 
-# The import form: card fields a user may have to fill in, with their command-line options.
-CARD_FORM = (("task", "Task", "segmentation"), ("channels", "Input channels", "1"),
-             ("labels", "Labels (1:Name,2:Name)", ""), ("license", "Licence", ""), ("modality", "Modality", ""),
-             ("roi", "Patch size (96,96,96)", ""))
+__all__ = ["CARD_FORM", "library_rows", "remove_model", "start_import", "start_install", "slicer_models_dir",
+           "use_models_dir"]
 
 
 def use_models_dir(folder: str | Path) -> Path:
@@ -40,20 +39,14 @@ def library_rows(task: str, search: str = "", installed_only: bool = False) -> l
 
 def start_install(model_id: str, trust: bool = False) -> EngineJob:
     """Download, verify and validate a catalogued model on the worker (cancel keeps the partial download)."""
-    return EngineJob(["models", "install", model_id, *(["--trust-model"] if trust else [])], device="cpu")
+    return EngineJob(InstallRequest(model_id, trust), device="cpu")
 
 
 def start_import(path: str | Path, model_id: str | None = None, form: dict[str, Any] | None = None,
                  trust: bool = False) -> EngineJob:
     """Import a bundle folder/zip, TorchScript file or checkpoint; form values fill missing card fields."""
-    arguments = ["models", "import", str(path)]
-    if model_id:
-        arguments += ["--id", model_id]
-    for field, _label, _default in CARD_FORM:
-        value = (form or {}).get(field)
-        if value not in (None, ""):
-            arguments += [f"--{field}", str(value)]
-    return EngineJob(arguments + (["--trust-model"] if trust else []), device="cpu")
+    values = tuple((name, str(value)) for name, value in (form or {}).items() if value not in (None, ""))
+    return EngineJob(ImportRequest(str(path), model_id or None, values, trust), device="cpu")
 
 
 def remove_model(model_id: str) -> int:

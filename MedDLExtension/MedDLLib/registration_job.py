@@ -7,10 +7,10 @@ was given, and a table of quality figures. A failed or cancelled job adds nothin
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from meddl.cli.register import RegisterRequest, RegisterResult
 from meddl.image import check_volume
 from meddl.io import read_image, write_image
 from meddl.registration.fields import read_displacement_field
@@ -38,7 +38,8 @@ class RegistrationJob(FolderJob):
     """Exports fixed, moving and the moving segmentation, runs `meddl register`, imports every result."""
 
     def __init__(self, scene, fixed_volume, moving_volume, moving_segmentation=None, method: str = "deformable",
-                 similarity: str = "lncc", device: str = "auto", iterations: Optional[int] = None) -> None:
+                 similarity: str = "lncc", device: str = "auto", iterations: Optional[int] = None,
+                 model: Optional[str] = None) -> None:
         self.scene, self.fixed_volume, self.moving_volume = scene, fixed_volume, moving_volume
         self.moving_segmentation, self.segments = moving_segmentation, []
         images = [(image_from_volume_node(node), node) for node in (fixed_volume, moving_volume)]
@@ -46,35 +47,32 @@ class RegistrationJob(FolderJob):
             check_volume(image, what=f"volume {node.GetName()!r}")
         super().__init__("meddl-register-")
         try:
-            paths = [str(write_image(image, self.folder / name, compress=False))
-                     for (image, _), name in zip(images, ("fixed.nrrd", "moving.nrrd"))]
-            arguments = ["register", *paths, "--out-transform", str(self.folder / "field.nrrd"),
-                         "--out-warped", str(self.folder / "warped.nrrd"), "--out-report",
-                         str(self.folder / "report.json"), "--method", method, "--similarity", similarity,
-                         "--device", device, "--no-compress"]
-            if moving_segmentation is not None:
-                arguments += self._export_segmentation(images[1][0])
+            fixed_path, moving_path = (str(write_image(image, self.folder / name, compress=False))
+                                       for (image, _), name in zip(images, ("fixed.nrrd", "moving.nrrd")))
+            labels = self._export_segmentation(images[1][0]) if moving_segmentation is not None else None
         except Exception:
             self.clean_up()
             raise
-        if iterations:
-            arguments += ["--iterations", str(iterations)]
-        self.engine = EngineJob(arguments, device=device)
+        request = RegisterRequest(fixed_path, moving_path, str(self.folder / "field.nrrd"),
+                                  str(self.folder / "warped.nrrd"), labels,
+                                  str(self.folder / "warped-labels.nrrd") if labels else None,
+                                  str(self.folder / "report.json"), method, similarity, iterations or None,
+                                  str(model) if model else None, device, compress=False)
+        self.engine = EngineJob(request, device=device)
 
-    def _export_segmentation(self, moving_image) -> list[str]:
+    def _export_segmentation(self, moving_image) -> str:
         segmentation = self.moving_segmentation.GetSegmentation()
         self.segments = [segmentation.GetNthSegment(n) for n in range(segmentation.GetNumberOfSegments())]
         names = [segment.GetName() for segment in self.segments]
         labels = label_map_from_segmentation(self.moving_segmentation, self.moving_volume, names)
-        path = write_image(moving_image.with_array(labels), self.folder / "labels.nrrd", compress=False)
-        return ["--moving-labels", str(path), "--out-warped-labels", str(self.folder / "warped-labels.nrrd")]
+        return str(write_image(moving_image.with_array(labels), self.folder / "labels.nrrd", compress=False))
 
-    def _apply(self) -> RegistrationOutputs:
+    def _apply(self, result: RegisterResult) -> RegistrationOutputs:
         """Add the transform, the warped volume and segmentation, and the quality table."""
-        field, grid = read_displacement_field(self.folder / "field.nrrd")
-        warped = read_image(self.folder / "warped.nrrd")
-        labels = read_image(self.folder / "warped-labels.nrrd") if self.segments else None
-        report = json.loads((self.folder / "report.json").read_text())
+        field, grid = read_displacement_field(result.transform)
+        warped = read_image(result.warped)
+        labels = read_image(result.warped_labels) if result.warped_labels else None
+        report = result.report
         name = self.moving_volume.GetName()
         transform = grid_transform_node(self.scene, field, grid, f"{name} to {self.fixed_volume.GetName()}")
         volume = volume_node_from_image(self.scene, warped, f"{name} registered")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from meddl.cli.segment import SegmentRequest, SegmentResult
 from meddl.image import check_volume
 from meddl.io import read_image, write_image
 
@@ -33,19 +34,15 @@ class SegmentationJob(FolderJob):
         except Exception:
             self.clean_up()
             raise
-        self.output_path = self.folder / "labels.nrrd"
-        arguments = ["segment", str(self.input_path), str(self.output_path), "--device", device, "--no-compress"]
-        if model:
-            arguments += ["--model", str(model)]
-        if trust_model:
-            arguments.append("--trust-model")
-        self.engine = EngineJob(arguments, device=device)
+        request = SegmentRequest(str(self.input_path), str(self.folder / "labels.nrrd"), str(model) if model else None,
+                                 device, trust_model, compress=False)
+        self.engine = EngineJob(request, device=device)
         self.segmentation_node = None
 
-    def _apply(self):
+    def _apply(self, result: SegmentResult):
         """Put the label map into the segmentation node; returns the node."""
-        labels = read_image(self.output_path)
-        table = json.loads(Path(self.engine.result["outputs"]["label_table"]).read_text(encoding="utf-8"))
+        labels = read_image(result.labels)
+        table = json.loads(Path(result.label_table).read_text(encoding="utf-8"))
         name = f"{self.input_volume.GetName()} {table['model']}"
         self.segmentation_node = apply_label_map(
             self.scene, labels, table["labels"], self.input_volume, self.output_segmentation, name)

@@ -12,10 +12,11 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 import numpy as np
+from meddl.cli.segment import TrainRequest, TrainResult
 from meddl.errors import InputError
 from meddl.image import check_volume
 from meddl.io import write_image
-from meddl.library import store
+from meddl.models import store
 
 from .jobs import EngineJob, FolderJob, JobState
 from .segmentations import label_map_from_segmentation
@@ -101,15 +102,11 @@ class TrainingJob(FolderJob):
             raise
         self.cancelled_message = "Cancelled before the first checkpoint; nothing was changed."
         label_names = ",".join(f"{value}:{name}" for value, name in enumerate(self.names, start=1))
-        arguments = ["train", "--images", *images, "--labels", *labels, "--label-names", label_names,
-                     "--install-as", model_id, "--epochs", str(epochs), "--device", device, "--validate-every", "1"]
-        if val_images:
-            arguments += ["--val-images", *val_images, "--val-labels", *val_labels]
-        if time_budget_s:
-            arguments += ["--time-budget", str(time_budget_s)]
-        if init_from:
-            arguments += ["--init-from", str(init_from)]
-        self.engine = EngineJob(arguments, device=device)
+        request = TrainRequest(tuple(images), tuple(labels), label_names, install_as=model_id,
+                               val_images=tuple(val_images), val_labels=tuple(val_labels), epochs=epochs,
+                               time_budget_s=time_budget_s or None, validate_every=1,
+                               init_from=str(init_from) if init_from else None, device=device)
+        self.engine = EngineJob(request, device=device)
         self.chart = TrainingChart(scene, f"MedDL training {model_id}")
 
     def _export(self, pairs, prefix: str) -> tuple[list[str], list[str]]:
@@ -142,6 +139,6 @@ class TrainingJob(FolderJob):
         else:
             self.cancelled_message = f"Cancelled; the best checkpoint so far is in the library as {self.model_id!r}."
 
-    def _apply(self) -> str:
+    def _apply(self, result: TrainResult) -> str:
         """The model is already in the library; returns its id."""
-        return self.model_id
+        return result.model_id or self.model_id

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import slicer
+from meddl.device import DEVICE_CHOICES
 from MedDLLib.jobs import JobState, finish_within
 from MedDLLib.registration_job import RegistrationJob, RegistrationOutputs
 from MedDLWidgets.module_widget import MedDLWidgetMixin
@@ -48,7 +49,7 @@ class MedDLRegistrationParameterNode:
     method: Annotated[str, Choice(["deformable", "affine"])] = "deformable"
     similarity: Annotated[str, Choice(["lncc", "mi"])] = "lncc"
     iterations: int = 0
-    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
 
 
 class MedDLRegistrationWidget(MedDLWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -86,10 +87,9 @@ class MedDLRegistrationWidget(MedDLWidgetMixin, ScriptedLoadableModuleWidget, VT
         except Exception as error:
             slicer.util.errorDisplay(_("Cannot start registration: {error}").format(error=error))
             return
-        self.runner.start(job, _("Registering..."), self._showResult)
+        self.runner.start(job, _("Registering..."), lambda outputs: self._showResult(job, outputs))
 
-    def _showResult(self, job: RegistrationJob) -> None:
-        outputs: RegistrationOutputs = job.finish()
+    def _showResult(self, job: RegistrationJob, outputs: RegistrationOutputs) -> None:
         slicer.util.setSliceViewerLayers(background=job.fixed_volume, foreground=outputs.warped_volume,
                                          foregroundOpacity=0.5)
         selection = slicer.app.applicationLogic().GetSelectionNode()
@@ -105,25 +105,33 @@ class MedDLRegistrationLogic(ScriptedLoadableModuleLogic):
         return MedDLRegistrationParameterNode(super().getParameterNode())
 
     def start(self, fixedVolume, movingVolume, movingSegmentation=None, method: str = "deformable",
-              similarity: str = "lncc", device: str = "auto", iterations: Optional[int] = None) -> RegistrationJob:
-        """Start a background job; poll it (or wait) and call finish() to get the new nodes."""
+              similarity: str = "lncc", device: str = "auto", iterations: Optional[int] = None,
+              model: Optional[str] = None) -> RegistrationJob:
+        """Start a background job; poll it (or wait) and call finish() to get the new nodes.
+
+        `model`: a learned registration model (library id or file) instead of optimising on this pair.
+        """
         return RegistrationJob(slicer.mrmlScene, fixedVolume, movingVolume, movingSegmentation, method, similarity,
-                               device, iterations)
+                               device, iterations, model)
 
     def process(self, fixedVolume, movingVolume, movingSegmentation=None, method: str = "deformable",
-                similarity: str = "lncc", device: str = "auto", timeout: Optional[float] = None):
+                similarity: str = "lncc", device: str = "auto", timeout: Optional[float] = None,
+                model: Optional[str] = None):
         """Register and wait (scripts and tests); returns the RegistrationOutputs."""
-        job = self.start(fixedVolume, movingVolume, movingSegmentation, method, similarity, device)
+        job = self.start(fixedVolume, movingVolume, movingSegmentation, method, similarity, device, model=model)
         return finish_within(job, timeout, "registration")
 
 
 class MedDLRegistrationTest(ScriptedLoadableModuleTest):
-    """Self-test inside Slicer: register a shifted copy of sample data; Cancel leaves no trace."""
+    """Self-test inside Slicer: register a shifted copy of sample data through the panel (a segmentation carried
+    along) and the logic; Cancel leaves no trace."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        self.setUp()
+        self.test_panel_deformable_registration_carries_a_segmentation()
         self.setUp()
         self.test_affine_registration_of_a_shifted_copy()
         self.setUp()
@@ -137,6 +145,51 @@ class MedDLRegistrationTest(ScriptedLoadableModuleTest):
         origin = list(moving.GetOrigin())
         moving.SetOrigin(origin[0] + 4.0, origin[1] - 3.0, origin[2])
         return fixed, moving
+
+    def _headSegmentation(self, volume):
+        """A segmentation drawn on `volume`: one segment, the voxels above a tenth of its maximum."""
+        array = slicer.util.arrayFromVolume(volume)
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{volume.GetName()} head")
+        node.CreateDefaultDisplayNodes()
+        node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        segmentId = node.GetSegmentation().AddEmptySegment("Head")
+        slicer.util.updateSegmentBinaryLabelmapFromArray((array > array.max() / 10).astype("uint8"), node, segmentId,
+                                                         volume)
+        return node
+
+    def _added(self, className: str, *kept) -> list:
+        """The nodes of exactly `className` in the scene, less those in `kept`."""
+        keptIds = {node.GetID() for node in kept}
+        return [node for node in slicer.util.getNodesByClass(className)
+                if node.GetClassName() == className and node.GetID() not in keptIds]
+
+    def test_panel_deformable_registration_carries_a_segmentation(self):
+        self.delayDisplay("Deformable registration of a shifted MRHead through the panel, with its segmentation")
+        fixed, moving = self._pair()
+        segmentation = self._headSegmentation(moving)
+        widget = slicer.util.getModuleWidget("MedDLRegistration")
+        widget.enter()  # as on entering the module: a scene clear drops the panel's parameter node
+        parameters = widget._parameterNode
+        parameters.fixedVolume = fixed
+        parameters.movingVolume = moving
+        parameters.movingSegmentation = segmentation
+        parameters.method = "deformable"
+        parameters.similarity = "lncc"
+        parameters.iterations = 2  # steps per pyramid level: the path through the panel is under test, not accuracy
+        parameters.device = "cpu"
+        status = widget.applyAndWait()
+        self.assertTrue(status.startswith("Done"), status)
+        self.assertEqual(len(self._added("vtkMRMLGridTransformNode")), 1)
+        self.assertEqual(len(self._added("vtkMRMLTableNode")), 1)
+        warped = self._added("vtkMRMLScalarVolumeNode", fixed, moving)
+        self.assertEqual(len(warped), 1)
+        self.assertEqual(slicer.util.arrayFromVolume(warped[0]).shape, slicer.util.arrayFromVolume(fixed).shape)
+        carried = self._added("vtkMRMLSegmentationNode", segmentation)
+        self.assertEqual(len(carried), 1)
+        head = slicer.util.arrayFromSegmentBinaryLabelmap(carried[0], carried[0].GetSegmentation().GetNthSegmentID(0),
+                                                          fixed)
+        self.assertGreater(int(head.sum()), 0)
+        self.delayDisplay("Panel registration passed")
 
     def test_affine_registration_of_a_shifted_copy(self):
         self.delayDisplay("Affine registration of a shifted MRHead")

@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import ctk
 import slicer
+from meddl.device import DEVICE_CHOICES
 from meddl.models import catalog
 from MedDLLib.jobs import JobState, finish_within
 from MedDLLib.segmentation_job import SegmentationJob
@@ -48,7 +49,7 @@ class MedDLSegmentationParameterNode:
 
     inputVolume: vtkMRMLScalarVolumeNode
     model: str = catalog.default_model("segmentation")
-    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
     outputSegmentation: vtkMRMLSegmentationNode
     trainVolume: vtkMRMLScalarVolumeNode
     trainSegmentation: vtkMRMLSegmentationNode
@@ -105,8 +106,7 @@ class MedDLSegmentationWidget(MedDLWidgetMixin, ScriptedLoadableModuleWidget, VT
             return
         self.runner.start(job, _("Segmenting..."), self._applySegmentation)
 
-    def _applySegmentation(self, job: SegmentationJob) -> None:
-        segmentationNode = job.finish()  # raises with the worker's message if it failed
+    def _applySegmentation(self, segmentationNode) -> None:
         self._parameterNode.outputSegmentation = segmentationNode
         self.ui.statusLabel.text = _("Done: {name}").format(name=segmentationNode.GetName())
 
@@ -143,8 +143,7 @@ class MedDLSegmentationWidget(MedDLWidgetMixin, ScriptedLoadableModuleWidget, VT
         slicer.modules.plots.logic().ShowChartInLayout(job.chart.chart)
         self.runner.start(job, _("Training..."), self._trainingDone)
 
-    def _trainingDone(self, job) -> None:
-        modelId = job.finish()
+    def _trainingDone(self, modelId: str) -> None:
         self.library.refresh(modelId)
         self._parameterNode.model = modelId
         self.ui.statusLabel.text = _("Trained {model}: it is selected for Apply.").format(model=modelId)
@@ -175,12 +174,16 @@ class MedDLSegmentationLogic(ScriptedLoadableModuleLogic):
 
 
 class MedDLSegmentationTest(ScriptedLoadableModuleTest):
-    """Self-test inside Slicer: real sample data, the default model, cancel leaves no trace."""
+    """Self-test inside Slicer: the panel (parameters, Apply, Cancel) and the logic, on real sample data."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        self.setUp()
+        self.test_panel_brain_extraction()
+        self.setUp()
+        self.test_panel_cancel_leaves_scene_unchanged()
         self.setUp()
         self.test_brain_extraction_on_sample_data()
         self.setUp()
@@ -191,17 +194,53 @@ class MedDLSegmentationTest(ScriptedLoadableModuleTest):
 
         return SampleData.SampleDataLogic().downloadMRHead()
 
-    def test_brain_extraction_on_sample_data(self):
-        self.delayDisplay("Brain extraction of MRHead")
-        volume = self._sampleVolume()
-        before = slicer.util.arrayFromVolume(volume).copy()
-        segmentationNode = MedDLSegmentationLogic().process(volume, "deepbet-brain-extraction", "auto")
+    def _panel(self, volume):
+        """The module's panel as a user finds it on entering the module (a scene clear drops its parameter node)."""
+        widget = slicer.util.getModuleWidget("MedDLSegmentation")
+        widget.enter()
+        widget._parameterNode.inputVolume = volume
+        widget._parameterNode.device = "cpu"
+        return widget
+
+    def _checkBrainMask(self, segmentationNode, volume, before):
+        """One segment, "Brain", of a plausible size on the input's grid; the input unchanged."""
+        self.assertIsNotNone(segmentationNode)
         segmentation = segmentationNode.GetSegmentation()
         self.assertEqual(segmentation.GetNumberOfSegments(), 1)
         self.assertEqual(segmentation.GetNthSegment(0).GetName(), "Brain")
         brain = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentation.GetNthSegmentID(0), volume)
         self.assertGreater(int(brain.sum()), 100000)
         self.assertTrue((slicer.util.arrayFromVolume(volume) == before).all())
+
+    def test_panel_brain_extraction(self):
+        self.delayDisplay("Brain extraction of MRHead through the panel")
+        volume = self._sampleVolume()
+        before = slicer.util.arrayFromVolume(volume).copy()
+        widget = self._panel(volume)
+        widget._parameterNode.model = "deepbet-brain-extraction"
+        widget._parameterNode.outputSegmentation = None
+        status = widget.applyAndWait()
+        self.assertTrue(status.startswith("Done"), status)
+        self._checkBrainMask(widget._parameterNode.outputSegmentation, volume, before)
+        self.delayDisplay("Panel brain extraction passed")
+
+    def test_panel_cancel_leaves_scene_unchanged(self):
+        widget = self._panel(self._sampleVolume())
+        nodeCount = slicer.mrmlScene.GetNumberOfNodes()
+        widget.ui.applyButton.click()
+        self.assertTrue(widget.runner.running, widget.ui.statusLabel.text)
+        widget.ui.cancelButton.click()
+        self.assertFalse(widget.runner.running)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodeCount)
+        self.assertTrue(widget.ui.applyButton.enabled)  # ready for the next run
+        self.delayDisplay("Panel cancel passed")
+
+    def test_brain_extraction_on_sample_data(self):
+        self.delayDisplay("Brain extraction of MRHead")
+        volume = self._sampleVolume()
+        before = slicer.util.arrayFromVolume(volume).copy()
+        segmentationNode = MedDLSegmentationLogic().process(volume, "deepbet-brain-extraction", "auto")
+        self._checkBrainMask(segmentationNode, volume, before)
         self.delayDisplay("Brain extraction passed")
 
     def test_cancel_leaves_scene_unchanged(self):

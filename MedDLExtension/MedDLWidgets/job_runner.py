@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import qt
 import slicer
-from MedDLLib.jobs import JobFailed, JobState
+from MedDLLib.jobs import Job, JobState
 
 POLL_INTERVAL_MS = 200
 
@@ -14,8 +14,9 @@ POLL_INTERVAL_MS = 200
 class JobRunner:
     """Polls the job with a QTimer on the main thread, so Slicer never freezes.
 
-    `on_done(job)` runs after the job ends well (for jobs with `finish()`, it calls it, which raises
-    the worker's message on failure); errors are shown to the user and nothing else happens.
+    When the job ends, the runner calls `job.finish()` (which applies a scene-facing job, or raises
+    with the worker's message) and hands its product to `on_done`; errors are shown to the user and
+    nothing else happens.
     """
 
     def __init__(self, progress_bar, status_label, cancel_button,
@@ -34,7 +35,7 @@ class JobRunner:
     def running(self) -> bool:
         return self.job is not None
 
-    def start(self, job, title: str, on_done: Callable) -> bool:
+    def start(self, job: Job, title: str, on_done: Callable[[Any], None]) -> bool:
         """Run `job`; refuses (and cancels it) if another job is running."""
         if self.running:
             job.cancel()
@@ -52,18 +53,15 @@ class JobRunner:
         if job is None:
             self.timer.stop()
             return
-        engine = getattr(job, "engine", job)
         job.poll()
-        self.progress_bar.value = int(100 * engine.fraction)
-        self.status_label.text = engine.message
-        if engine.state is JobState.RUNNING:
+        self.progress_bar.value = int(100 * job.fraction)
+        self.status_label.text = job.message
+        if job.state is JobState.RUNNING:
             return
         self.timer.stop()
         self.job = None
         try:
-            if engine.state is JobState.FAILED and not hasattr(job, "finish"):
-                raise JobFailed(engine.error)
-            self._on_done(job)
+            self._on_done(job.finish())
         except Exception as error:
             self.status_label.text = "Failed; nothing was changed."
             slicer.util.errorDisplay(f"MedDL: {error}")
@@ -72,7 +70,7 @@ class JobRunner:
     def cancel(self) -> None:
         if self.job is not None:
             self.job.cancel()
-            self.status_label.text = getattr(self.job, "cancelled_message", "Cancelled; nothing was changed.")
+            self.status_label.text = self.job.cancelled_message
             self.job = None
             self.timer.stop()
             self._show(False)

@@ -3,6 +3,8 @@ model library panel and the job runner, written once."""
 
 from __future__ import annotations
 
+import time
+
 import slicer
 import vtk
 from MedDLLib.dependencies import ensure_dependencies
@@ -29,8 +31,7 @@ class MedDLWidgetMixin:
     def setupMedDL(self, task: str, withLibrary: bool = True) -> None:
         use_models_dir(slicer_models_dir(slicer.app.slicerUserSettingsFilePath))
         if withLibrary:
-            self.library = ModelLibraryPanel(self.ui, task, self.onModelSelected,
-                                             lambda job, title, done: self.runner.start(job, title, lambda _j: done()))
+            self.library = ModelLibraryPanel(self.ui, task, self.onModelSelected, self._runLibraryJob)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.runner = JobRunner(self.ui.progressBar, self.ui.statusLabel, self.ui.cancelButton,
@@ -39,12 +40,32 @@ class MedDLWidgetMixin:
         if self.library:
             self.library.refresh(self._parameterNode.model)
 
+    def _runLibraryJob(self, job, title: str, done) -> None:
+        self.runner.start(job, title, lambda _result: done())
+
     def dependenciesReady(self) -> bool:
         """Offer the first-use install of MedDL's Python packages; False (and a status line) if declined."""
         if ensure_dependencies(lambda message: slicer.util.confirmOkCancelDisplay(message)):
             return True
         self.ui.statusLabel.text = _("MedDL's Python packages are not installed.")
         return False
+
+    def applyAndWait(self, timeout: float = 600.0) -> str:
+        """Press Apply and let the panel's timer poll the job until it ends (self-tests, scripts); returns the
+        status line. Raises when Apply is disabled or no job starts; cancels and raises past `timeout`."""
+        if not self.ui.applyButton.enabled:
+            raise RuntimeError(f"Apply is disabled: {self.ui.applyButton.toolTip}")
+        self.ui.applyButton.click()
+        if not self.isRunning():
+            raise RuntimeError(f"Apply started no job: {self.ui.statusLabel.text}")
+        deadline = time.monotonic() + timeout
+        while self.isRunning() and time.monotonic() < deadline:
+            slicer.app.processEvents()
+            time.sleep(0.05)
+        if self.isRunning():
+            self.runner.cancel()
+            raise TimeoutError(f"no result within {timeout:.0f} s")
+        return self.ui.statusLabel.text
 
     def isRunning(self) -> bool:
         return bool(self.runner and self.runner.running)

@@ -1,12 +1,20 @@
-"""Choice of the compute device: CUDA, then Apple MPS, then CPU; mixed precision on CUDA only."""
+"""Choice of the compute device: CUDA, then Apple MPS, then CPU; mixed precision on CUDA only.
+
+The choices are importable without torch (Slicer's panels and the command line list them); torch
+loads when a device is resolved. On Apple GPUs an operation that MPS lacks runs on the CPU with
+PyTorch's own warning naming it: `meddl/__init__.py` sets PYTORCH_ENABLE_MPS_FALLBACK before
+torch is imported.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import DeviceError
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
@@ -22,16 +30,22 @@ class Compute:
         """Free memory on a CUDA device; None where it cannot be known."""
         if self.device.type != "cuda":
             return None
+        import torch
+
         free, _total = torch.cuda.mem_get_info(self.device)
         return int(free)
 
 
 def _mps_available() -> bool:
+    import torch
+
     return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
 def select_compute(name: str = "auto", amp: bool | None = None) -> Compute:
     """Resolve 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps' to an available device."""
+    import torch
+
     name = (name or "auto").lower()
     if name == "auto":
         if torch.cuda.is_available():

@@ -12,7 +12,6 @@ from .files import atomic_path
 from .image import Image
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".tif", ".tiff")
 
 
 def image_suffix(path: str | Path) -> str:

@@ -255,3 +255,27 @@ def deformed_copy(image: Image, labels: Image, amplitude_mm: float, seed: int = 
     moving = warp(image, image, generator)
     moving_labels = warp(labels, labels, generator, labels=True)
     return moving, moving_labels, inverse_field(generator, image)
+
+
+def write_task_models(folder: Path) -> dict[str, Path]:
+    """One model of every task, made the way a user makes them (a few training steps each), and the images
+    they run on: noisy.nii.gz, fixed.nii.gz and moving.nii.gz in `folder`."""
+    from meddl.classification.training import TrainingSettings, train_classifier
+    from meddl.cli import main
+    from meddl.io import write_image
+
+    rng = np.random.default_rng(0)
+    clean = blob_image(shape=(20, 24, 24), spacing=(1.0, 1.0, 1.0))
+    write_image(clean.with_array(rician(clean.array * 100 + 20, 5.0)), folder / "noisy.nii.gz")
+    write_image(clean.with_array(clean.array * 100 + 20), folder / "fixed.nii.gz")
+    write_image(clean.with_array(np.roll(clean.array, 2, axis=2) * 100 + 20), folder / "moving.nii.gz")
+    assert main(["enhance", str(folder / "noisy.nii.gz"), str(folder / "den.nii.gz"), "--task", "denoise",
+                 "--steps", "20", "--save-model", str(folder / "den.pt"), "--device", "cpu", "--progress", "none"]) == 0
+    assert main(["train-registration", "--images", str(folder / "fixed.nii.gz"), str(folder / "moving.nii.gz"),
+                 "--out", str(folder / "reg.pt"), "--steps", "3", "--device", "cpu", "--progress", "none"]) == 0
+    images = [Image(rng.normal(label, 1.0, (16, 16, 16)).astype(np.float32)) for label in (0, 1) * 4]
+    classifier = train_classifier(images, [0, 1] * 4, ["low", "high"], folder / "tissue", TrainingSettings(epochs=1))
+    (folder / "seg").mkdir()
+    return {"segmentation": write_state_dict_model(folder / "seg", labels=2),
+            "classification": classifier.folder / "model.pt", "enhancement": folder / "den.pt",
+            "registration": folder / "reg.pt"}

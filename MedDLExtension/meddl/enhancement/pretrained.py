@@ -16,22 +16,39 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..device import select_compute
 from ..errors import ModelError
 from ..files import atomic_path
 from ..image import Image
 from ..models.loading import LoadedModel
 from ..progress import Progress, no_progress, scaled
+from ..tasks import require_task
+from . import KINDS
 from .intensity import Scaling, checked_scalar_volume
 from .superres import cubic_upsample, through_plane_axis, upsampled_image, upsampling_factor
 
 
+def check_card(data: dict, source: str) -> None:
+    """The card's "enhancement" section: {"kind": "denoise" | "superres", ...} (denoise when absent)."""
+    section = data.get("enhancement", {})
+    kind = section.get("kind", "denoise") if isinstance(section, dict) else None
+    if kind not in KINDS:
+        raise ModelError(f"{source}: enhancement kind must be 'denoise' or 'superres', not {kind!r}")
+
+
 def enhancement_kind(model: LoadedModel) -> str:
-    if model.card.task != "enhancement":
-        raise ModelError(f"model {model.card.name!r} is a {model.card.task} model, not an enhancement model")
-    kind = model.card.raw.get("enhancement", {}).get("kind", "denoise")
-    if kind not in ("denoise", "superres"):
-        raise ModelError(f"model card: enhancement kind must be 'denoise' or 'superres', not {kind!r}")
-    return kind
+    require_task(model.card, "enhancement")
+    return model.card.raw.get("enhancement", {}).get("kind", "denoise")
+
+
+def dry_run(loaded: LoadedModel) -> None:
+    """Enhance a small blank volume on the CPU (the model library's check before it lists a model)."""
+    shape = tuple(loaded.card.roi_size or (16, 16, 16))[::-1]
+    if enhancement_kind(loaded) == "superres":  # a thick axis to upsample along
+        shape = (max(4, shape[0] // 4), *shape[1:])
+    blank = Image(np.zeros(shape, np.float32), spacing=(1.0, 1.0, 4.0 if shape[0] < shape[1] else 1.0))
+    blank.array[..., : shape[-1] // 2] = 1.0  # not constant: enhancement refuses a constant volume
+    enhance_with_model(blank, loaded, "cpu")
 
 
 FLIPS = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))
@@ -44,7 +61,6 @@ def enhance_with_model(image: Image, model: LoadedModel, device: str = "auto",
     `flip_average` averages the outputs for the 8 axis flips of the input (a denoiser's errors
     differ between flips, its anatomy does not: about +0.8 dB PSNR for 8 times the inference).
     """
-    from ..device import select_compute
     from ..inference.sliding_window import infer
 
     kind, card, report = enhancement_kind(model), model.card, progress or no_progress

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from ..device import select_compute
 from ..errors import InputError
 from ..image import Image
 from ..progress import Progress, no_progress, scaled
@@ -150,7 +151,6 @@ def _apply_planes(network, upsampled: np.ndarray, device: torch.device, batch: i
 def self_supervised_superres(image: Image, settings: Optional[SuperResolutionSettings] = None,
                              progress: Optional[Progress] = None) -> Image:
     """A copy of `image` with the through-plane spacing divided by the factor; the input is not changed."""
-    from ..device import select_compute
 
     settings, report = settings or SuperResolutionSettings(), progress or no_progress
     array = checked_scalar_volume(image)

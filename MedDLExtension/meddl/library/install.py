@@ -11,50 +11,28 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import numpy as np
-
 from ..errors import ModelError
-from ..image import Image
-from ..models import catalog
-from ..models.bundle import MEDDL_CARD, is_bundle
+from ..models import catalog, store
 from ..models.card import missing_fields
+from ..models.formats import MEDDL_CARD, MODEL_SUFFIXES, is_bundle
+from ..models.loading import load_model
 from ..progress import Progress, no_progress, scaled
-from . import store
+from ..tasks import get_task
 from .download import download
 
 ZOO_URL = "https://github.com/Project-MONAI/model-zoo/releases/download/hosting_storage_v1/{name}_v{version}.zip"
-MODEL_SUFFIXES = (".ts", ".pt", ".pth")
 
 
 def dry_run(reference: Path, trust: bool) -> None:
-    """Load the model and run it once on a small blank input, the way its task runs it."""
-    loaded = _load(reference, trust)
-    card = loaded.card
+    """Load the model and run it once on a small blank input, the way its task runs it (the task registry's
+    dry run), so that only models that work enter the library."""
+    loaded = load_model(reference, trust=trust)
     try:
-        if card.task == "classification":
-            from ..classify import classify
-
-            size = tuple(card.input_size or (32,) * card.spatial_dims)
-            shape = (1, *size) if card.spatial_dims == 2 else size
-            classify([Image(_blank(shape, card.channels))], loaded, device="cpu")
-        else:
-            from ..segment import segment
-
-            segment(Image(_blank(tuple(card.roi_size or (32, 32, 32))[::-1], card.channels)), loaded, device="cpu")
+        get_task(loaded.card.task).run_dry(loaded)
     except ModelError:
         raise
     except Exception as error:  # the network itself failed: report it as a model problem
         raise ModelError(f"the model loads but fails on a test input: {error}") from None
-
-
-def _blank(shape: tuple[int, ...], channels: int) -> np.ndarray:
-    return np.zeros((*shape, channels) if channels > 1 else shape, np.float32)
-
-
-def _load(reference: Path, trust: bool):
-    from ..models.loading import load_model
-
-    return load_model(reference, trust=trust)
 
 
 def _record(model_id: str, kind: str, source: str, model_path: str, trusted: bool, **extra: Any) -> dict:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
-from ..models import catalog
-from . import store
+from ..models import catalog, store
+from ..models.formats import card_path_for
 
 
 @dataclass(frozen=True)
@@ -52,12 +53,7 @@ def _catalog_row(model_id: str) -> ModelRow:
 
 
 def _imported_row(model: store.InstalledModel) -> ModelRow:
-    import json
-
-    from ..models.bundle import MEDDL_CARD
-
-    path = model.model_path
-    card_path = path / MEDDL_CARD if path.is_dir() else path.with_suffix(".json")
+    card_path = card_path_for(model.model_path)
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     return ModelRow(model.id, card.get("title", model.id), card.get("task", "segmentation"),
                     card.get("input", {}).get("modality", ""), card.get("body_part", ""), card.get("license", ""),

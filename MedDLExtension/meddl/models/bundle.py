@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import ModelError
 from .card import card_from_dict
+from .formats import MEDDL_CARD
+from .loaded import LoadedModel
 from .networks import build_monai_network, load_checkpoint, load_torchscript, load_weights, state_dict_of
-
-if TYPE_CHECKING:
-    from .loading import LoadedModel
-
-MEDDL_CARD = "configs/meddl_card.json"
-
-
-def is_bundle(folder: Path) -> bool:
-    return (folder / "configs" / "metadata.json").is_file()
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -87,8 +80,6 @@ def card_dict_from_bundle(metadata: dict[str, Any], inference: dict[str, Any]) -
 
 def load_bundle(folder: Path, trust: bool) -> LoadedModel:
     """Load a bundle; configs with executable expressions need the user's trust."""
-    from .loading import LoadedModel
-
     metadata = _read_json(folder / "configs" / "metadata.json")
     inference_path = folder / "configs" / "inference.json"
     inference = _read_json(inference_path) if inference_path.exists() else {}

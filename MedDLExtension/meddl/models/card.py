@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError
+from ..tasks import TASKS, get_task
 
-TASKS = ("segmentation", "classification", "enhancement", "registration")
 INTENSITY_METHODS = ("none", "zscore", "range", "quantile_zscore")
 REQUIRED_FIELDS = ("name", "task", "input.channels", "labels", "license")
-TASKS_WITHOUT_LABELS = ("enhancement", "registration")  # their outputs are images and fields, not classes
 
 # A distinct colour for each label without one (Slicer's generic anatomy palette, first entries).
 DEFAULT_COLORS = [
@@ -65,9 +64,10 @@ class ModelCard:
     @property
     def out_channels(self) -> int:
         """Channels the network must produce for these labels (classes, for a classifier)."""
-        if self.task == "classification":
+        rule = TASKS[self.task].labels
+        if rule == "classes":
             return len(self.labels)
-        if self.task in TASKS_WITHOUT_LABELS:
+        if rule == "none":
             return self.channels
         if self.mode == "argmax":
             return max(label.value for label in self.labels) + 1
@@ -85,7 +85,8 @@ def _get(data: dict[str, Any], dotted: str) -> Any:
 
 def missing_fields(data: dict[str, Any]) -> list[str]:
     """The required card fields that a card dictionary lacks or leaves empty."""
-    required = [name for name in REQUIRED_FIELDS if name != "labels" or data.get("task") not in TASKS_WITHOUT_LABELS]
+    task = TASKS.get(data["task"]) if isinstance(data.get("task"), str) else None
+    required = [name for name in REQUIRED_FIELDS if name != "labels" or task is None or task.has_labels]
     return [name for name in required if _get(data, name) in (None, "", [])]
 
 
@@ -132,9 +133,8 @@ def card_from_dict(data: dict[str, Any], source: str = "model card") -> ModelCar
     missing = missing_fields(data)
     if missing:
         raise ModelError(f"{source} is missing required field(s): {', '.join(missing)}")
-    task = data["task"]
-    if task not in TASKS:
-        raise ModelError(f"{source}: task {task!r} is not one of {', '.join(TASKS)}")
+    task = get_task(data["task"], source)
+    task.check_card(data, source)
     input_spec, inference, output = data["input"], data.get("inference", {}), data.get("output", {})
     intensity = input_spec.get("intensity") or {"method": "none"}
     if intensity.get("method") not in INTENSITY_METHODS:
@@ -144,8 +144,8 @@ def card_from_dict(data: dict[str, Any], source: str = "model card") -> ModelCar
         raise ModelError(f"{source}: output mode must be 'argmax' or 'threshold', not {mode!r}")
     spacing, roi = input_spec.get("spacing"), inference.get("roi_size")
     return ModelCard(
-        name=str(data["name"]), task=task, channels=int(input_spec["channels"]),
-        labels=() if task in TASKS_WITHOUT_LABELS else _parse_labels(data["labels"], task == "classification"),
+        name=str(data["name"]), task=task.name, channels=int(input_spec["channels"]),
+        labels=_parse_labels(data["labels"], task.labels == "classes") if task.has_labels else (),
         license=str(data["license"]),
         title=data.get("title", data["name"]), description=data.get("description", ""),
         modality=input_spec.get("modality", data.get("modality", "")),

@@ -12,13 +12,10 @@ import json
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import ModelError
-from .card import card_from_dict
-
-if TYPE_CHECKING:
-    from .loading import LoadedModel
+from . import store
 
 CATALOG = Path(__file__).with_name("catalog.json")
 
@@ -73,23 +70,9 @@ def entry_files(model_id: str) -> dict[str, Path]:
 def is_installed(model_id: str) -> bool:
     """Ready to run: its package is installed, or it is in the user's model folder."""
     if "python_package" not in get_entry(model_id)["source"]:
-        from ..library import store
-
         return store.installed(model_id) is not None
     try:
         entry_files(model_id)
     except ModelError:
         return False
     return True
-
-
-def load_entry(model_id: str) -> LoadedModel:
-    from .loading import LoadedModel
-    from .networks import load_torchscript
-
-    entry = get_entry(model_id)
-    if "python_package" not in entry["source"]:
-        raise ModelError(f"model {model_id!r} is not installed: `meddl models install {model_id}` downloads it")
-    card = card_from_dict(entry["card"], f"catalog entry {model_id}")
-    networks = {name: load_torchscript(path) for name, path in entry_files(model_id).items()}
-    return LoadedModel(card, networks, entry["pipeline"], f"catalog:{model_id}")

@@ -1,18 +1,22 @@
-"""Resolve a model reference (catalog id, file or folder) to networks, card and pipeline."""
+"""Resolve a model reference (catalog id, library id, file or folder) to networks, card and pipeline.
+
+Each format has its loader (bundle folder, TorchScript file, checkpoint with a card, catalog entry);
+all produce the same `LoadedModel`, so every task and front end runs every format.
+"""
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ..errors import ModelError
-from . import catalog
-from .bundle import is_bundle, load_bundle
-from .card import ModelCard, read_card
+from . import catalog, store
+from .bundle import load_bundle
+from .card import card_from_dict, read_card
+from .formats import card_path_for, is_bundle
+from .loaded import LoadedModel
 from .networks import (
     build_monai_network,
     is_torchscript,
@@ -23,25 +27,8 @@ from .networks import (
 )
 
 
-@dataclass
-class LoadedModel:
-    """Networks ready for inference, with the card and the pipeline that runs them."""
-
-    card: ModelCard
-    networks: dict[str, torch.nn.Module]
-    pipeline: dict[str, Any] = field(default_factory=lambda: {"type": "sliding-window"})
-    source: str = ""
-
-
-def _installed(model_id: str):
-    from ..library import store
-
+def _installed(model_id: str) -> store.InstalledModel | None:
     return store.installed(model_id) if store.ID_PATTERN.match(model_id) else None
-
-
-def card_path_for(model_path: Path) -> Path:
-    """A file model's card sits beside it: model.pt -> model.json."""
-    return model_path.with_suffix(".json")
 
 
 _cache: OrderedDict[tuple, LoadedModel] = OrderedDict()
@@ -80,13 +67,23 @@ def load_model(reference: str | Path, trust: bool = False, card: str | Path | No
     return model
 
 
+def _load_entry(model_id: str) -> LoadedModel:
+    """A catalog entry whose weights come with a Python package (downloaded ones load from the library)."""
+    entry = catalog.get_entry(model_id)
+    if "python_package" not in entry["source"]:
+        raise ModelError(f"model {model_id!r} is not installed: `meddl models install {model_id}` downloads it")
+    card = card_from_dict(entry["card"], f"catalog entry {model_id}")
+    networks = {name: load_torchscript(path) for name, path in catalog.entry_files(model_id).items()}
+    return LoadedModel(card, networks, entry["pipeline"], f"catalog:{model_id}")
+
+
 def _load(text: str, trust: bool, card: str | Path | None) -> LoadedModel:
     if not Path(text).exists():
         installed = _installed(text)
         if installed is not None:  # the user's model folder, with the trust given at install time
             return _load(str(installed.model_path), trust or installed.trusted, None)
         if catalog.has_entry(text):
-            return catalog.load_entry(text)
+            return _load_entry(text)
     path = Path(text)
     if not path.exists():
         known = ", ".join(catalog.entry_ids())
@@ -106,3 +103,6 @@ def _load(text: str, trust: bool, card: str | Path | None) -> LoadedModel:
             network = build_monai_network(model_card.network, f"model card of {path}")
             network = load_weights(network, state_dict_of(checkpoint, path), path)
     return LoadedModel(model_card, {"network": network}, {"type": "sliding-window"}, str(path))
+
+
+__all__ = ["LoadedModel", "load_model", "set_model_cache_size"]

@@ -11,7 +11,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import InputError
+from ..files import atomic_path
 from ..image import Image
+from ..io import image_suffix
 
 
 def lps_points(image: Image) -> torch.Tensor:
@@ -65,9 +68,6 @@ def write_displacement_field(displacement: np.ndarray, grid: Image, path) -> Non
     """An ITK displacement-field image (vector pixels, LPS mm, fixed -> moving) on the fixed grid, whole."""
     import SimpleITK as sitk
 
-    from ..files import atomic_path
-    from ..io import image_suffix
-
     field = sitk.GetImageFromArray(np.asarray(displacement, np.float64), isVector=True)
     field.SetSpacing(grid.spacing)
     field.SetOrigin(grid.origin)
@@ -82,8 +82,6 @@ def read_displacement_field(path) -> tuple[np.ndarray, Image]:
 
     field = sitk.ReadImage(str(path))
     if field.GetNumberOfComponentsPerPixel() != 3 or field.GetDimension() != 3:
-        from ..errors import InputError
-
         raise InputError(f"{path} is not a 3D displacement field (3-vector pixels)")
     array = sitk.GetArrayFromImage(field).astype(np.float64)
     grid = Image(np.zeros(array.shape[:3], np.float32), field.GetSpacing(), field.GetOrigin(),

@@ -18,11 +18,13 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..errors import InputError, ModelError
+from ..device import select_compute
+from ..errors import InputError
 from ..files import atomic_path
 from ..image import Image
 from ..models.loading import LoadedModel
 from ..progress import Progress, no_progress, scaled
+from ..tasks import require_task
 from .fields import lps_points, sample
 from .optimise import Registration, RegistrationResult, RegistrationSettings
 
@@ -54,8 +56,7 @@ def learned_register(fixed: Image, moving: Image, model: LoadedModel, refine: bo
                      settings: Optional[RegistrationSettings] = None,
                      progress: Optional[Progress] = None) -> RegistrationResult:
     """Affine stage, then the network's deformation; optionally refined by instance optimisation."""
-    if model.card.task != "registration":
-        raise ModelError(f"model {model.card.name!r} is a {model.card.task} model, not a registration model")
+    require_task(model.card, "registration")
     settings, report = settings or RegistrationSettings(), progress or no_progress
     with torch.enable_grad():
         registration = Registration(fixed, moving, settings, scaled(report, 0.0, 0.5))
@@ -85,6 +86,14 @@ class RegistrationTrainingSettings:
     device: str = "auto"
 
 
+def dry_run(loaded: LoadedModel) -> None:
+    """Register a small blob to a shifted copy on the CPU (the model library's check before it lists a model)."""
+    k, j, i = np.meshgrid(*(np.arange(24.0),) * 3, indexing="ij")
+    fixed = Image(np.exp(-((k - 12) ** 2 + (j - 12) ** 2 + (i - 12) ** 2) / 30.0).astype(np.float32))
+    moving = fixed.with_array(np.roll(fixed.array, 1, axis=2))
+    learned_register(fixed, moving, loaded, settings=RegistrationSettings(affine_iterations=2, device="cpu"))
+
+
 def aligned_to_template(images: list[Image], device: torch.device, report: Progress) -> list[torch.Tensor]:
     """Every image affinely aligned to the first and resampled on its grid (intensities in [0, 1])."""
     template, aligned = images[0], []
@@ -107,7 +116,6 @@ def train_registration(images: list[Image], out: Path, settings: Optional[Regist
     """Train a VoxelMorph network unsupervised on pairs of `images`; writes `out` (.pt) and its card (.json)."""
     from monai.losses import BendingEnergyLoss, LocalNormalizedCrossCorrelationLoss
 
-    from ..device import select_compute
     from ..models.networks import build_monai_network
 
     settings, report, out = settings or RegistrationTrainingSettings(), progress or no_progress, Path(out)

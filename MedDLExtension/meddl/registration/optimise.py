@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..device import select_compute
 from ..errors import InputError
 from ..image import Image, check_scalar_volume
 from ..progress import Progress, no_progress
@@ -119,7 +120,6 @@ class Registration:
     """One fixed/moving pair: the pyramid, the two stages, and the final full-resolution field."""
 
     def __init__(self, fixed: Image, moving: Image, settings: RegistrationSettings, report: Progress) -> None:
-        from ..device import select_compute
 
         check_pair(fixed, moving)
         self.fixed, self.moving, self.settings, self.report = fixed, moving, settings, report

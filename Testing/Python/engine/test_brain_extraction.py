@@ -8,8 +8,9 @@ import pytest
 from meddl.image import Image
 from meddl.io import read_image, write_image
 from meddl.models import catalog
-from meddl.sample_data import dice, reference_brain_mask
-from meddl.segment import segment, segment_file
+from meddl.sample_data import reference_brain_mask
+from meddl.segmentation.metrics import dice
+from meddl.segmentation.segment import segment, segment_file
 
 MODEL = "deepbet-brain-extraction"
 

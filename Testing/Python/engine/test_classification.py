@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from meddl.classify import classify, prepare, saliency
+from meddl.classification import metrics
+from meddl.classification.classify import classify, prepare, saliency
+from meddl.classification.training import TrainingSettings, train_classifier
 from meddl.cli import main
 from meddl.errors import InputError, ModelError
 from meddl.image import Image
 from meddl.io import read_image, write_image
 from meddl.models.loading import load_model
-from meddl.training import metrics
-from meddl.training.classifier import TrainingSettings, train_classifier
 from meddl_testing import mni_tissue_patches
 from sklearn import metrics as sk
 
@@ -131,7 +131,7 @@ def test_bad_inputs(trained):
     model = str(trained.folder / "model.pt")
     with pytest.raises(InputError, match="channel"):
         classify([Image(np.zeros((16, 16, 16, 2), np.float32))], model, device="cpu")
-    with pytest.raises(ModelError, match="not a classifier"):
+    with pytest.raises(ModelError, match="is a segmentation model, not a classification model"):
         classify([Image(np.zeros((16, 16, 16), np.float32))], "deepbet-brain-extraction", device="cpu")
     with pytest.raises(InputError, match="no training images"):
         train_classifier([], [], ["a", "b"], "unused")

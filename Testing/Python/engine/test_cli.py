@@ -41,7 +41,7 @@ def test_json_progress_protocol(tmp_path, model_path, input_path, capsys):
     assert main(["segment", str(input_path), str(output), "--model", str(model_path), "--progress", "json"]) == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert events[0]["event"] == "progress" and events[-1]["event"] == "done"
-    assert events[-1]["outputs"]["labels"] == str(output)
+    assert events[-1]["labels"] == str(output)
     fractions = [e["fraction"] for e in events if e["event"] == "progress"]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from meddl.cli import main
@@ -154,3 +156,28 @@ def test_a_segmentation_model_is_not_an_enhancement_model(tmp_path):
 
     with pytest.raises(ModelError, match="not an enhancement model"):
         enhance_with_model(Image(np.random.rand(8, 8, 8).astype(np.float32)), load_model(write_band_model(tmp_path)))
+
+
+@pytest.mark.parametrize(("options", "method", "steps"), [
+    ([], "filter", None), (["--method", "network", "--steps", "20"], "network", 20),
+    (["--steps", "20"], "network", 20), (["--method", "filter", "--steps", "20"], "filter", 20)])
+def test_denoising_defaults_to_the_filter_and_trains_a_network_only_when_asked(clean, tmp_path, capsys, options,
+                                                                              method, steps):
+    write_image(Image(rician(clean[16:48, 20:60, 18:54], 0.05, seed=1)), tmp_path / "noisy.nii.gz")
+    capsys.readouterr()
+    assert main(["enhance", str(tmp_path / "noisy.nii.gz"), str(tmp_path / "out.nii.gz"), "--task", "denoise",
+                 "--progress", "json", *options]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    done = events[-1]
+    assert done["event"] == "done" and done["settings"]["method"] == method and done["settings"]["steps"] == steps
+    learning = [e for e in events if e["event"] == "progress" and "learning the image" in e.get("message", "")]
+    assert bool(learning) == (method == "network")
+
+
+def test_method_choices_that_cannot_work_are_refused(clean, tmp_path):
+    write_image(Image(rician(clean, 0.05, seed=1)), tmp_path / "noisy.nii.gz")
+    for options in (["--task", "superres", "--method", "filter"], ["--task", "denoise", "--method", "network",
+                                                                   "--steps", "0"]):
+        assert main(["enhance", str(tmp_path / "noisy.nii.gz"), str(tmp_path / "out.nii.gz"), *options,
+                     "--progress", "none"]) == 3
+    assert not (tmp_path / "out.nii.gz").exists()

@@ -12,7 +12,7 @@ from meddl.image import Image
 from meddl.inference.sliding_window import window_count
 from meddl.models.card import card_from_dict
 from meddl.models.loading import LoadedModel, load_model
-from meddl.segment import segment
+from meddl.segmentation.segment import segment
 from meddl_testing import blob_image, card_dict, tiny_unet, write_state_dict_model
 from monai.inferers import sliding_window_inference
 
@@ -128,7 +128,7 @@ def test_model_file_round_trip(tmp_path):
 
 
 def test_channel_argmax_equals_torch_argmax_including_ties():
-    from meddl.inference.segmenters import channel_argmax
+    from meddl.segmentation.segmenters import channel_argmax
 
     logits = torch.randint(0, 3, (4, 9, 8, 7)).float()  # many ties
     assert torch.equal(channel_argmax(logits), torch.argmax(logits, dim=0).to(torch.uint8))

@@ -17,12 +17,12 @@ import torch
 from meddl.cli import main
 from meddl.errors import ModelError
 from meddl.image import Image
-from meddl.library import download, install, store
+from meddl.library import download, install
 from meddl.library.download import Cancelled
 from meddl.library.overview import model_rows
-from meddl.models import catalog
+from meddl.models import catalog, store
 from meddl.models.loading import load_model
-from meddl.segment import segment
+from meddl.segmentation.segment import segment
 from meddl_testing import card_dict, tiny_unet, write_bundle, write_state_dict_model, write_torchscript_model
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -275,7 +275,7 @@ def test_leftovers_of_a_killed_install_are_cleaned(tmp_path):
 
 
 def test_a_trained_classifier_imports_and_is_listed_for_its_task(tmp_path):
-    from meddl.training.classifier import TrainingSettings, train_classifier
+    from meddl.classification.training import TrainingSettings, train_classifier
 
     rng = np.random.default_rng(0)
     images = [Image(rng.normal(label, 1.0, (16, 16, 16)).astype(np.float32)) for label in (0, 1) * 4]

@@ -16,7 +16,7 @@ from meddl.registration.fields import (
     write_displacement_field,
 )
 from meddl.registration.optimise import RegistrationSettings, register
-from meddl.sample_data import dice
+from meddl.segmentation.metrics import dice
 from meddl_testing import deformed_copy, mni_tissue_volume, oblique_direction, smooth_random_field
 
 # Stated for a smooth random deformation (control vectors of 4 mm sd) of the 2 mm MNI T1, pyramid 1/4 and 1/2.

@@ -10,7 +10,7 @@ from meddl.errors import InputError, OutputError
 from meddl.image import Image
 from meddl.io import write_image
 from meddl.models.loading import load_model
-from meddl.training.segmentation import SegmentationTrainingSettings, train_segmentation, validation_dice
+from meddl.segmentation.training import SegmentationTrainingSettings, train_segmentation, validation_dice
 from meddl_testing import mni_tissue_slabs, mni_tissue_volume
 
 LABELS = {1: "grey matter", 2: "white matter"}
@@ -121,8 +121,8 @@ FEW_SHOT = dict(epochs=10, steps_per_epoch=10)
 
 
 def unlabelled_dice(bundle, every_tenth_slice) -> dict[int, float]:
-    from meddl.sample_data import dice
-    from meddl.segment import segment
+    from meddl.segmentation.metrics import dice
+    from meddl.segmentation.segment import segment
 
     image, truth, _, unlabelled = every_tenth_slice
     predicted = segment(image, load_model(bundle), device="cpu").labels.array
@@ -142,7 +142,7 @@ def test_few_shot_from_every_tenth_slice_segments_the_other_slices(few_shot, eve
 
 
 def test_unlabelled_slices_never_reach_the_loss(every_tenth_slice):
-    from meddl.training.patches import PatchDataset, sparse_axis
+    from meddl.segmentation.patches import PatchDataset, sparse_axis
 
     _, _, sparse, _ = every_tenth_slice
     labelled = set(np.flatnonzero(sparse.array.any(axis=(1, 2))).tolist())
@@ -155,7 +155,7 @@ def test_unlabelled_slices_never_reach_the_loss(every_tenth_slice):
 
 
 def test_dense_labels_train_in_3d(slabs):
-    from meddl.training.segmentation import choose_slice_axis
+    from meddl.segmentation.training import choose_slice_axis
 
     assert choose_slice_axis(slabs[0], "auto") is None
 
@@ -204,7 +204,7 @@ def test_a_run_stopped_midway_leaves_the_best_checkpoint_whole(slabs, tmp_path):
 
 
 def test_default_patch_follows_the_data_size_and_spacing():
-    from meddl.training.segmentation import default_patch_size
+    from meddl.segmentation.training import default_patch_size
 
     thin = Image(np.zeros((200, 256, 256), np.float32), (0.8, 0.8, 1.0))  # (i, j, k) spacing
     thick = Image(np.zeros((30, 256, 256), np.float32), (0.8, 0.8, 5.0))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from MedDLLib.headless import HeadlessScene
+from headless_slicer import HeadlessScene
 
 
 @pytest.fixture

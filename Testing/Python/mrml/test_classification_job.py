@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import slicer
 import vtk
-from meddl.classify import classify
+from meddl.classification.classify import classify
+from meddl.classification.training import network_spec
 from meddl.errors import InputError
 from meddl.image import Image
-from meddl.training.classifier import network_spec
 from meddl_testing import oblique_direction
 from MedDLLib.classification_job import ClassificationJob
 from MedDLLib.jobs import JobFailed, JobState
@@ -106,7 +106,7 @@ def test_roi_outside_the_volume_is_refused(scene, volumes, classifier):
 def test_failure_and_cancel_add_nothing(scene, volumes, classifier, tmp_path):
     count = scene.GetNumberOfNodes()
     failed = ClassificationJob(scene, volumes, "deepbet-brain-extraction", "cpu")
-    assert failed.wait(120) is JobState.FAILED and "not a classifier" in failed.engine.error
+    assert failed.wait(120) is JobState.FAILED and "not a classification model" in failed.engine.error
     with pytest.raises(JobFailed):
         failed.finish()
     cancelled = ClassificationJob(scene, volumes, classifier, "cpu", with_saliency=True)

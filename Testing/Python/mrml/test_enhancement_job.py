@@ -34,7 +34,7 @@ def test_denoised_volume_is_a_new_node_on_the_input_grid_with_its_settings(scene
     result, source = image_from_volume_node(node), image_from_volume_node(volume)
     np.testing.assert_allclose(result.index_to_ras(), source.index_to_ras(), atol=1e-9)
     assert node.GetDisplayNode().GetWindow() == 180.0 and node.GetDisplayNode().GetLevel() == 95.0
-    assert node.GetAttribute("MedDL.task") == "denoise" and node.GetAttribute("MedDL.method") == "self-supervised"
+    assert node.GetAttribute("MedDL.task") == "denoise" and node.GetAttribute("MedDL.method") == "network"
     assert node.GetAttribute("MedDL.steps") == "30" and node.GetAttribute("MedDL.source") == "noisy T1"
     assert node.GetAttribute("MedDL.wiener_passes") == "1" and node.GetAttribute("MedDL.noise") == "auto"
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), before)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import slicer
 from meddl.errors import InputError, ModelError
-from meddl.library import store
-from meddl.sample_data import dice
+from meddl.models import store
+from meddl.segmentation.metrics import dice
 from meddl_testing import mni_tissue_volume
 from MedDLLib.jobs import JobFailed, JobState
 from MedDLLib.model_library import library_rows

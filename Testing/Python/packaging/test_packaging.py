@@ -10,10 +10,12 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
+from meddl.device import DEVICE_CHOICES
+from meddl.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[3]
 EXTENSION = ROOT / "MedDLExtension"
-MODULES = ["MedDLSegmentation", "MedDLClassification", "MedDLEnhancement", "MedDLRegistration"]
+MODULES = [task.module for task in TASKS.values()]  # one Slicer module per registered task
 PACKAGES = {"meddl": "MEDDL_PYTHON", "MedDLLib": "MEDDLLIB_PYTHON", "MedDLWidgets": "MEDDLWIDGETS_PYTHON"}
 
 
@@ -112,8 +114,9 @@ def test_licence_and_icons():
 @pytest.fixture(scope="module")
 def qt_application():
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    widgets = pytest.importorskip("PySide6.QtWidgets")
-    return widgets.QApplication.instance() or widgets.QApplication([])
+    from PySide6 import QtWidgets  # in the dev environment: a missing PySide6 is a failure, not a skip
+
+    return QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -147,6 +150,23 @@ def test_ui_loads_and_holds_every_widget_the_code_uses(qt_application, module):
             assert re.search(rf"^    {field}: Annotated\[\w+, Choice\(", source, re.M), f"{field} needs Choice"
 
 
+@pytest.mark.parametrize("module", MODULES)
+def test_every_panel_offers_every_device(module):
+    """auto, cpu, cuda and mps, as the command line does: from the engine's list, or the .ui's items in that order."""
+    source = (EXTENSION / module / f"{module}.py").read_text()
+    assert "device: Annotated[str, Choice(list(DEVICE_CHOICES))]" in source
+    for widget in ElementTree.parse(EXTENSION / module / "Resources" / "UI" / f"{module}.ui").iter("widget"):
+        if widget.get("name") == "deviceSelector":
+            items = [item.findtext("property/string") for item in widget.findall("item")]
+            assert items in ([], list(DEVICE_CHOICES)), module
+
+
+def test_every_registered_task_has_its_module_and_commands():
+    for task in TASKS.values():
+        assert (EXTENSION / task.module / f"{task.module}.py").is_file()
+        assert (EXTENSION / "meddl" / Path(*task.commands.split(".")[1:])).with_suffix(".py").is_file()
+
+
 def _parameter_bindings(ui_path: Path) -> dict[str, str]:
     """SlicerParameterName -> the class of the widget that carries it, from a .ui file."""
     bindings = {}
@@ -155,3 +175,73 @@ def _parameter_bindings(ui_path: Path) -> dict[str, str]:
             if prop.get("name") == "SlicerParameterName":
                 bindings[prop.findtext("string")] = widget.get("class")
     return bindings
+
+
+def _engine_modules() -> dict[str, Path]:
+    modules = {}
+    for path in (EXTENSION / "meddl").rglob("*.py"):
+        parts = list(path.relative_to(EXTENSION).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def _engine_imports(path: Path, modules: dict[str, Path], nodes) -> set[str]:
+    """The engine modules that these import statements of `path` load."""
+    package = ".".join(path.relative_to(EXTENSION).with_suffix("").parts[:-1])
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or "" if node.level == 0 else ".".join(
+                [*package.split(".")[: len(package.split(".")) - node.level + 1], *([node.module] if node.module
+                                                                                     else [])])
+            for alias in node.names:
+                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+    return {name for name in found if name in modules}
+
+
+def test_engine_module_imports_form_no_cycle():
+    """No hidden import loops: the module-level imports between engine modules are a DAG."""
+    modules = _engine_modules()
+    graph = {name: _engine_imports(path, modules, [n for n in ast.parse(path.read_text()).body
+                                                   if isinstance(n, (ast.Import, ast.ImportFrom))])
+             for name, path in modules.items()}
+    state: dict[str, str] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == "open":
+            raise AssertionError(f"import cycle: {' -> '.join([*trail, name])}")
+        if state.get(name) != "done":
+            state[name] = "open"
+            for target in graph[name] - {name}:
+                visit(target, [*trail, name])
+            state[name] = "done"
+
+    for name in graph:
+        visit(name, [])
+
+
+def test_imports_inside_engine_functions_are_only_of_heavy_modules():
+    """An import inside a function is for what loads torch or MONAI (start-up and Slicer's process stay light),
+    never a way around an import cycle."""
+    modules = _engine_modules()
+    top = {name: [n for n in ast.parse(path.read_text()).body if isinstance(n, (ast.Import, ast.ImportFrom))]
+           for name, path in modules.items()}
+    heavy: dict[str, bool] = {}
+
+    def is_heavy(name: str, seen: frozenset = frozenset()) -> bool:
+        if name not in heavy:
+            external = {alias.name.split(".")[0] for n in top[name] if isinstance(n, ast.Import) for alias in n.names}
+            external |= {n.module.split(".")[0] for n in top[name] if isinstance(n, ast.ImportFrom) and n.level == 0
+                         and n.module}
+            inner = _engine_imports(modules[name], modules, top[name]) - seen - {name}
+            heavy[name] = bool(external & {"torch", "monai"}) or any(is_heavy(m, seen | {name}) for m in inner)
+        return heavy[name]
+
+    light = []
+    for name, path in modules.items():
+        functions = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.FunctionDef)]
+        inner = [n for f in functions for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))]
+        light += [f"{name} -> {target}" for target in _engine_imports(path, modules, inner) if not is_heavy(target)]
+    assert not light, f"light modules imported inside functions: {light}"

@@ -1,15 +1,68 @@
-"""`meddl register FIXED MOVING --out-transform T --out-warped W`: affine + deformable instance optimisation."""
+"""`meddl register FIXED MOVING --out-transform T --out-warped W`: affine + deformable instance optimisation;
+`meddl train-registration`; and the register worker request."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 
+from ..errors import InputError
+from ..files import check_writable
+from ..io import read_image, write_image
+from ..protocol import Request, Result, options
+from .options import add_device, add_progress, add_trust
 
-def add_command(commands: argparse._SubParsersAction, add_progress) -> None:
+
+@dataclass(frozen=True)
+class RegisterResult(Result):
+    transform: str
+    warped: Optional[str] = None
+    warped_labels: Optional[str] = None
+    report_path: Optional[str] = None
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RegisterRequest(Request):
+    """Register `moving` to `fixed`: the displacement field, and optionally the warped image and labels."""
+
+    command = "register"
+    result_type = RegisterResult
+    fixed: str
+    moving: str
+    out_transform: str
+    out_warped: Optional[str] = None
+    moving_labels: Optional[str] = None
+    out_warped_labels: Optional[str] = None
+    out_report: Optional[str] = None
+    method: str = "deformable"
+    similarity: str = "lncc"
+    iterations: Optional[int] = None
+    model: Optional[str] = None
+    device: str = "auto"
+    compress: bool = True
+
+    def argv(self) -> list[str]:
+        return [self.command, str(self.fixed), str(self.moving), *options(
+            (("--out-transform", self.out_transform), ("--out-warped", self.out_warped),
+             ("--moving-labels", self.moving_labels), ("--out-warped-labels", self.out_warped_labels),
+             ("--out-report", self.out_report), ("--method", self.method), ("--similarity", self.similarity),
+             ("--iterations", self.iterations), ("--model", self.model), ("--device", self.device),
+             ("--no-compress", not self.compress)))]
+
+
+@dataclass(frozen=True)
+class TrainRegistrationResult(Result):
+    model: str
+    card: str
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("register", help="register a moving image to a fixed image",
                                  description="Affine pre-alignment, then a diffeomorphic deformation optimised on "
                                              "this pair. The transform is written as an ITK displacement field "
@@ -29,8 +82,8 @@ def add_command(commands: argparse._SubParsersAction, add_progress) -> None:
                         help="deformable steps at every pyramid level (default: 80, 60, 40 at 1/4, 1/2, 1)")
     parser.add_argument("--model", default=None, help="a learned registration model (meddl train-registration)")
     parser.add_argument("--refine", action="store_true", help="refine the model's deformation by optimisation")
-    parser.add_argument("--trust-model", action="store_true")
-    parser.add_argument("--device", default="auto")
+    add_trust(parser)
+    add_device(parser)
     parser.add_argument("--no-compress", action="store_true")
     add_progress(parser)
     train = commands.add_parser("train-registration", help="train a VoxelMorph registration model, unsupervised",
@@ -41,30 +94,26 @@ def add_command(commands: argparse._SubParsersAction, add_progress) -> None:
     train.add_argument("--out", required=True, help="model file (.pt); its card is written beside it (.json)")
     train.add_argument("--steps", type=int, default=300)
     train.add_argument("--time-budget", type=float, default=None)
-    train.add_argument("--device", default="auto")
+    add_device(train)
     add_progress(train)
 
 
-def run_train_registration(args: argparse.Namespace, progress) -> dict:
-    from .files import check_writable
-    from .io import read_image
-    from .registration.learned import RegistrationTrainingSettings, train_registration
+def run_train_registration(args: argparse.Namespace, progress) -> TrainRegistrationResult:
+    from ..registration.learned import RegistrationTrainingSettings, train_registration
 
     check_writable(Path(args.out))
     settings = RegistrationTrainingSettings(steps=args.steps, time_budget_s=args.time_budget, device=args.device)
     out = train_registration([read_image(path) for path in args.images], Path(args.out), settings, progress)
-    return {"outputs": {"model": str(out), "card": str(out.with_suffix(".json"))}}
+    return TrainRegistrationResult(str(out), str(out.with_suffix(".json")))
 
 
 def _registered(fixed, moving, settings, args: argparse.Namespace, progress):
-    from dataclasses import replace
-
-    from .registration.optimise import register
+    from ..registration.optimise import register
 
     if not args.model:
         return register(fixed, moving, settings, progress)
-    from .models.loading import load_model
-    from .registration.learned import learned_register
+    from ..models.loading import load_model
+    from ..registration.learned import learned_register
 
     model = load_model(args.model, trust=args.trust_model)
     refinement = replace(settings, levels=(2, 1), deformable_iterations=settings.deformable_iterations[-2:])
@@ -78,14 +127,9 @@ def normalised_cross_correlation(fixed, moving_on_fixed) -> float:
     return float(a @ b / max(np.sqrt((a @ a) * (b @ b)), 1e-12))
 
 
-def run_register(args: argparse.Namespace, progress) -> dict:
-    from dataclasses import replace
-
-    from .errors import InputError
-    from .files import check_writable
-    from .io import read_image, write_image
-    from .registration.fields import warp, write_displacement_field
-    from .registration.optimise import RegistrationSettings
+def run_register(args: argparse.Namespace, progress) -> RegisterResult:
+    from ..registration.fields import warp, write_displacement_field
+    from ..registration.optimise import RegistrationSettings
 
     outputs = [args.out_transform, args.out_warped, args.out_warped_labels, args.out_report]
     for path in filter(None, outputs):
@@ -115,5 +159,8 @@ def run_register(args: argparse.Namespace, progress) -> dict:
                     compress=not args.no_compress)
     if args.out_report:
         Path(args.out_report).write_text(json.dumps(report, indent=1))
-    return {"outputs": {name: str(path) for name, path in zip(("transform", "warped", "warped_labels", "report"),
-                                                              outputs) if path}, "report": report}
+    return RegisterResult(*(str(path) if path else None for path in outputs), report=report)
+
+
+RUNNERS = {"register": run_register, "train-registration": run_train_registration}
+REQUESTS = (RegisterRequest,)

@@ -16,6 +16,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..device import select_compute
+from ..distributed import distributed_context
 from ..errors import InputError, OutputError
 from ..image import Image
 from ..models.card import card_from_dict
@@ -23,7 +25,7 @@ from ..models.loading import LoadedModel, load_model
 from ..models.networks import build_monai_network, load_weights
 from ..progress import Progress, no_progress, report_metrics
 from .bundle_writer import write_bundle
-from .distributed import distributed_context
+from .metrics import dice
 from .patches import PatchDataset, sparse_axis
 
 
@@ -128,8 +130,7 @@ def prepare_volumes(pairs, card) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def validation_dice(model: LoadedModel, pairs, labels: dict[int, str], device: str = "cpu") -> dict[str, float]:
     """Per-label Dice of the real inference path on whole validation volumes."""
-    from ..sample_data import dice
-    from ..segment import segment
+    from .segment import segment
 
     scores: dict[str, list[float]] = {name: [] for name in labels.values()}
     for image, label in pairs:
@@ -169,7 +170,6 @@ class SegmentationTrainer:
 
     def __init__(self, pairs, labels: dict[int, str], out: Path, settings: SegmentationTrainingSettings,
                  validation, report: Progress, data_description: str, install_record: Optional[dict]) -> None:
-        from ..device import select_compute
 
         self.labels, self.out, self.settings, self.validation = labels, out, settings, validation
         self.report, self.description, self.install_record = report, data_description, install_record

@@ -13,6 +13,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from ..device import select_compute
 from ..errors import InputError, OutputError
 from ..files import staged_folder
 from ..image import Image
@@ -153,7 +154,6 @@ def _make_card(images: Sequence[Image], classes: Sequence[str], name: str, setti
 
 def _train_folds(x, y, card, settings, splits, report) -> tuple[list[dict], tuple]:
     """Train one model per split; returns every fold's scores and the best fold's (state, scores, history)."""
-    from ..device import select_compute
 
     counts = torch.bincount(y, minlength=len(card["labels"])).float()
     weights = counts.sum() / (len(counts) * counts.clamp(min=1)) if settings.class_weights else None
@@ -178,7 +178,7 @@ def train_classifier(images: Sequence[Image], labels: Sequence[int], classes: Se
                      settings: Optional[TrainingSettings] = None, splits: Optional[Sequence[str]] = None,
                      progress: Optional[Progress] = None, data_description: str = "") -> TrainingResult:
     """Train, validate and write out/model.pt + out/model.json + out/metrics.json (whole or not at all)."""
-    from ..classify import prepare
+    from .classify import prepare
 
     settings, out = settings or TrainingSettings(), Path(out)
     _check(images, labels, classes)

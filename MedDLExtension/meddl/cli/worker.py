@@ -13,9 +13,10 @@ import io
 import json
 import sys
 
-from .errors import MeddlError
-from .models import loading
-from .progress import JsonLinesProgress
+from ..errors import MeddlError
+from ..progress import JsonLinesProgress
+from .parser import build_parser
+from .reporting import run_reported
 
 MODEL_CACHE_SIZE = 2
 
@@ -28,8 +29,6 @@ class ArgumentError(MeddlError):
 
 def _parse(argv: list[str]):
     """Parse like the command line, turning argparse's exit into an ArgumentError with its message."""
-    from .cli import build_parser
-
     messages = io.StringIO()
     try:
         with contextlib.redirect_stderr(messages), contextlib.redirect_stdout(messages):
@@ -41,8 +40,6 @@ def _parse(argv: list[str]):
 
 def handle(request: dict, protocol: JsonLinesProgress) -> None:
     """Run one request and emit its done or error event; one bad job must not take the worker down."""
-    from .cli import run_reported
-
     try:
         args = _parse(list(request["argv"]))
         if args.command == "worker":
@@ -54,6 +51,8 @@ def handle(request: dict, protocol: JsonLinesProgress) -> None:
 
 
 def serve(stdin=None) -> int:
+    from ..models import loading  # loads torch: the worker's first job would anyway
+
     loading.set_model_cache_size(MODEL_CACHE_SIZE)
     JsonLinesProgress().emit("ready")
     for line in stdin or sys.stdin:

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from ..files import staged_folder
-from ..models.bundle import MEDDL_CARD
+from ..models.formats import MEDDL_CARD
+from ..models.store import RECORD
 
 
 def bundle_configs(card: dict) -> tuple[dict, dict]:
@@ -47,8 +48,6 @@ def write_bundle(out: Path, network: torch.nn.Module, card: dict, replace: bool 
     metadata, inference = bundle_configs(card)
     with staged_folder(out, replace) as staging:
         if record is not None:
-            from ..library.store import RECORD
-
             (staging / RECORD).write_text(json.dumps(record, indent=1))
         (staging / "configs").mkdir()
         (staging / "models").mkdir()

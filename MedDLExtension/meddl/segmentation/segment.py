@@ -6,13 +6,18 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .device import select_compute
-from .image import Image
-from .io import image_suffix, read_image, write_image
-from .models.card import Label, ModelCard
-from .models.catalog import default_model
-from .models.loading import LoadedModel, load_model
-from .progress import Progress, no_progress, scaled
+import numpy as np
+
+from ..device import select_compute
+from ..files import atomic_path, check_writable
+from ..image import Image
+from ..io import image_suffix, read_image, write_image
+from ..models.card import Label, ModelCard
+from ..models.catalog import default_model
+from ..models.loading import LoadedModel, load_model
+from ..progress import Progress, no_progress, scaled
+from ..tasks import require_task
+from .segmenters import make_segmenter
 
 
 @dataclass(frozen=True)
@@ -30,12 +35,11 @@ class SegmentationResult:
 def segment(image: Image, model: str | Path | LoadedModel | None = None, device: str = "auto",
             progress: Progress | None = None, trust_model: bool = False) -> SegmentationResult:
     """Segment an image with a model (catalog id, path, or an already loaded model)."""
-    from .inference.segmenters import make_segmenter
-
     report = progress or no_progress
     report(0.0, "loading model")
     loaded = model if isinstance(model, LoadedModel) else load_model(model or default_model("segmentation"),
                                                                      trust=trust_model)
+    require_task(loaded.card, "segmentation")
     segmenter = make_segmenter(loaded, select_compute(device))
     labels = segmenter(image, scaled(report, 0.05, 1.0))
     return SegmentationResult(labels, loaded.card)
@@ -52,8 +56,6 @@ def segment_file(input_path: str | Path, output_path: str | Path, model: str | N
                  device: str = "auto", progress: Progress | None = None, trust_model: bool = False,
                  compress: bool = True) -> SegmentationResult:
     """Read, segment and write a label map and its labels sidecar; nothing is written on failure."""
-    from .files import atomic_path, check_writable
-
     output_path = Path(output_path)
     check_writable(output_path)
     report = progress or no_progress
@@ -65,6 +67,13 @@ def segment_file(input_path: str | Path, output_path: str | Path, model: str | N
     write_image(result.labels, output_path, compress)
     report(1.0, "written")
     return result
+
+
+def dry_run(loaded: LoadedModel) -> None:
+    """Segment a blank volume of one patch on the CPU: what the model library runs before it lists a model."""
+    card = loaded.card
+    shape = tuple(card.roi_size or (32, 32, 32))[::-1]
+    segment(Image(np.zeros((*shape, card.channels) if card.channels > 1 else shape, np.float32)), loaded, "cpu")
 
 
 __all__ = ["Label", "SegmentationResult", "segment", "segment_file", "labels_path_for"]

@@ -16,13 +16,13 @@ import torch
 from ..device import Compute
 from ..errors import ModelError
 from ..image import Image, check_volume
+from ..inference.postprocess import clean_labels, largest_component
+from ..inference.preprocess import finite, normalise, quantile_range, quantile_zscore, resize, shape_for_spacing
+from ..inference.sliding_window import infer
 from ..models.card import ModelCard
 from ..models.loading import LoadedModel
 from ..orientation import Reorientation
 from ..progress import Progress, no_progress, scaled
-from .postprocess import clean_labels, largest_component
-from .preprocess import finite, normalise, quantile_range, quantile_zscore, resize, shape_for_spacing
-from .sliding_window import infer
 
 DEFAULT_ROI = (96, 96, 96)
 

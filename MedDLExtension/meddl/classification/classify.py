@@ -10,12 +10,13 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .device import select_compute
-from .errors import InputError, ModelError
-from .image import Image, check_volume
-from .models.card import ModelCard
-from .models.loading import LoadedModel, load_model
-from .progress import Progress, no_progress
+from ..device import select_compute
+from ..errors import InputError, ModelError
+from ..image import Image, check_volume
+from ..models.card import ModelCard
+from ..models.loading import LoadedModel, load_model
+from ..progress import Progress, no_progress
+from ..tasks import require_task
 
 
 @dataclass(frozen=True)
@@ -38,14 +39,13 @@ class Classification:
 
 def classifier_model(model: str | Path | LoadedModel, trust: bool = False) -> LoadedModel:
     loaded = model if isinstance(model, LoadedModel) else load_model(model, trust=trust)
-    if loaded.card.task != "classification":
-        raise ModelError(f"model {loaded.card.name} is a {loaded.card.task} model, not a classifier")
+    require_task(loaded.card, "classification")
     return loaded
 
 
 def resize_spatial(tensor: torch.Tensor, size: tuple[int, ...], spatial_dims: int) -> torch.Tensor:
     """Resize the spatial axes of a (C, [D,] H, W) tensor: bilinear in 2D, trilinear in 3D."""
-    from .inference.preprocess import resize
+    from ..inference.preprocess import resize
 
     if spatial_dims == 3:
         return resize(tensor, size, "trilinear")
@@ -54,7 +54,7 @@ def resize_spatial(tensor: torch.Tensor, size: tuple[int, ...], spatial_dims: in
 
 def prepare(image: Image, card: ModelCard) -> torch.Tensor:
     """Image -> (C, [D,] H, W) float tensor at the card's input size, normalised per channel."""
-    from .inference.preprocess import finite, normalise
+    from ..inference.preprocess import finite, normalise
 
     check_volume(image, channels=card.channels)
     array = image.array.astype(np.float32, copy=False)
@@ -114,3 +114,11 @@ def saliency(image: Image, model: str | Path | LoadedModel, class_name: Optional
     heat = resize_spatial(heat, spatial, card.spatial_dims)
     array = heat[0].cpu().numpy().reshape(image.shape).astype(np.float32)
     return image.with_array(array)
+
+
+def dry_run(loaded: LoadedModel) -> None:
+    """Classify one blank image of the card's input size on the CPU (the model library's check)."""
+    card = loaded.card
+    size = tuple(card.input_size or (32,) * card.spatial_dims)
+    shape = (1, *size) if card.spatial_dims == 2 else size
+    classify([Image(np.zeros((*shape, card.channels) if card.channels > 1 else shape, np.float32))], loaded, "cpu")

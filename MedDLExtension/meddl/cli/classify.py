@@ -1,26 +1,63 @@
-"""`meddl classify` and `meddl train-classifier` on the command line."""
+"""`meddl classify` and `meddl train-classifier` on the command line, and the classify worker request."""
 
 from __future__ import annotations
 
 import argparse
 import csv
 import io
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Optional
 
-from .errors import InputError
-from .files import atomic_path, check_writable
-from .io import read_image, write_image
+from ..errors import InputError
+from ..files import atomic_path, check_writable
+from ..io import read_image, write_image
+from ..protocol import Request, Result, options
+from .options import add_device, add_progress, add_trust
 
 
-def add_commands(commands: argparse._SubParsersAction, add_progress) -> None:
+@dataclass(frozen=True)
+class ClassifyResult(Result):
+    csv: str
+    saliency: list[str]
+    rows: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ClassifyRequest(Request):
+    """Classify `inputs` into the table `csv`; Grad-CAM maps into the folder `saliency` when given."""
+
+    command = "classify"
+    result_type = ClassifyResult
+    inputs: tuple[str, ...]
+    model: str
+    csv: str
+    saliency: Optional[str] = None
+    class_name: Optional[str] = None
+    device: str = "auto"
+    trust_model: bool = False
+
+    def argv(self) -> list[str]:
+        return [self.command, *map(str, self.inputs), *options(
+            (("--model", self.model), ("--csv", self.csv), ("--saliency", self.saliency),
+             ("--class", self.class_name), ("--device", self.device), ("--trust-model", self.trust_model)))]
+
+
+@dataclass(frozen=True)
+class TrainClassifierResult(Result):
+    model: str
+    validation: dict[str, Any] = field(default_factory=dict)
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
     classify = commands.add_parser("classify", help="class probabilities for images (2D or 3D)")
     classify.add_argument("inputs", nargs="+", help="image files (NIfTI/NRRD/MHA, PNG/JPEG, DICOM) or DICOM folders")
     classify.add_argument("--model", required=True, help="classifier: catalog id, model file or bundle")
     classify.add_argument("--csv", required=True, help="output table: one row per input")
     classify.add_argument("--saliency", default=None, help="folder for Grad-CAM maps (.nii.gz, input grid)")
     classify.add_argument("--class", dest="class_name", default=None, help="saliency class (default: predicted)")
-    classify.add_argument("--device", default="auto")
-    classify.add_argument("--trust-model", action="store_true")
+    add_device(classify)
+    add_trust(classify)
     add_progress(classify)
     train = commands.add_parser("train-classifier", help="train a classifier from a CSV of images and labels")
     train.add_argument("--csv", required=True, help="columns: image, label (class name) and optional split")
@@ -35,12 +72,12 @@ def add_commands(commands: argparse._SubParsersAction, add_progress) -> None:
     train.add_argument("--patience", type=int, default=5, help="early stopping: epochs without improvement")
     train.add_argument("--no-augment", action="store_true")
     train.add_argument("--no-class-weights", action="store_true")
-    train.add_argument("--device", default="auto")
+    add_device(train)
     add_progress(train)
 
 
-def run_classify(args: argparse.Namespace, progress) -> dict:
-    from .classify import classifier_model, classify, saliency
+def run_classify(args: argparse.Namespace, progress) -> ClassifyResult:
+    from ..classification.classify import classifier_model, classify, saliency
 
     output = Path(args.csv)
     check_writable(output)
@@ -62,7 +99,7 @@ def run_classify(args: argparse.Namespace, progress) -> dict:
     writer.writerows(rows)
     with atomic_path(output) as temporary:
         temporary.write_text(text.getvalue())
-    return {"outputs": {"csv": str(output), "saliency": maps}, "rows": rows}
+    return ClassifyResult(str(output), maps, rows)
 
 
 def read_training_csv(path: Path) -> tuple[list, list[int], list[str], list[str] | None]:
@@ -82,8 +119,8 @@ def read_training_csv(path: Path) -> tuple[list, list[int], list[str], list[str]
     return images, [classes.index(row["label"]) for row in rows], classes, splits
 
 
-def run_train(args: argparse.Namespace, progress) -> dict:
-    from .training.classifier import TrainingSettings, train_classifier
+def run_train(args: argparse.Namespace, progress) -> TrainClassifierResult:
+    from ..classification.training import TrainingSettings, train_classifier
 
     images, labels, classes, splits = read_training_csv(Path(args.csv))
     settings = TrainingSettings(
@@ -93,4 +130,8 @@ def run_train(args: argparse.Namespace, progress) -> dict:
         class_weights=not args.no_class_weights, device=args.device)
     result = train_classifier(images, labels, classes, Path(args.out), settings, splits, progress,
                               data_description=f"{len(images)} images listed in {Path(args.csv).name}")
-    return {"outputs": {"model": str(result.folder / "model.pt")}, "validation": result.validation}
+    return TrainClassifierResult(str(result.folder / "model.pt"), result.validation)
+
+
+RUNNERS = {"classify": run_classify, "train-classifier": run_train}
+REQUESTS = (ClassifyRequest,)

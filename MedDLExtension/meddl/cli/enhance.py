@@ -1,0 +1,144 @@
+"""`meddl enhance INPUT OUTPUT --task denoise|superres`: self-calibrated on the image itself, or a pretrained
+model; and the enhance worker request."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from ..enhancement import KINDS
+from ..errors import InputError
+from ..files import check_writable
+from ..io import read_image, write_image
+from ..protocol import Request, Result, options
+from .options import add_device, add_progress, add_trust
+
+METHODS = ("filter", "network")  # denoise: filter (the default) or network; super-resolution: network
+
+
+@dataclass(frozen=True)
+class EnhanceResult(Result):
+    image: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EnhanceRequest(Request):
+    """Denoise or super-resolve `input` into `output` (self-calibrated, or with `model`)."""
+
+    command = "enhance"
+    result_type = EnhanceResult
+    input: str
+    output: str
+    task: str = "denoise"
+    method: Optional[str] = None
+    model: Optional[str] = None
+    steps: Optional[int] = None
+    factor: Optional[int] = None
+    time_budget_s: Optional[float] = None
+    noise: Optional[str] = None
+    device: str = "auto"
+    compress: bool = True
+
+    def argv(self) -> list[str]:
+        return [self.command, str(self.input), str(self.output), *options(
+            (("--task", self.task), ("--method", self.method), ("--model", self.model), ("--steps", self.steps),
+             ("--factor", self.factor), ("--time-budget", self.time_budget_s), ("--noise", self.noise),
+             ("--device", self.device), ("--no-compress", not self.compress)))]
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("enhance", help="denoise or super-resolve a volume into a new volume",
+                                 description="Denoise (by default with collaborative filtering calibrated on the "
+                                             "image itself, in seconds), or super-resolve along the thick-slice "
+                                             "axis with a network trained on the image itself; or run a pretrained "
+                                             "enhancement model.")
+    parser.add_argument("input", help="image file or DICOM folder (never changed)")
+    parser.add_argument("output", help="enhanced image file (.nii.gz, .nrrd, .mha)")
+    parser.add_argument("--task", choices=KINDS, required=True)
+    parser.add_argument("--method", choices=METHODS, default=None,
+                        help="denoise: 'filter' (default; grouped block filtering guided by a blur, no network) or "
+                             "'network' (a blind-spot network trained on the image guides it: slower, measured as "
+                             "no better on CPU budgets); superres: 'network' only")
+    parser.add_argument("--model", default=None,
+                        help="a pretrained enhancement model (id, file or bundle) instead of a method")
+    add_trust(parser)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps of the self-supervised network (denoise: 0 = no network, the same "
+                             "as --method filter)")
+    parser.add_argument("--time-budget", type=float, default=None, help="stop self-supervised training after S s")
+    parser.add_argument("--wiener-passes", type=int, default=1,
+                        help="denoise: grouped Wiener passes after the grouped hard thresholding of the image")
+    parser.add_argument("--noise", choices=["auto", "rician", "gaussian"], default="auto",
+                        help="denoise: the noise model (auto: rician, as in MR magnitude, unless a voxel is negative)")
+    parser.add_argument("--factor", type=int, default=None,
+                        help="superres: through-plane upsampling factor (default: thick over in-plane spacing)")
+    parser.add_argument("--save-model", default=None,
+                        help="denoise with --method network: also write the self-trained network (.pt with its "
+                             ".json card) for reuse")
+    add_device(parser)
+    parser.add_argument("--no-compress", action="store_true", help="write the output uncompressed")
+    add_progress(parser)
+
+
+def chosen_method(args: argparse.Namespace) -> str:
+    """The self-calibrated method: denoising filters without a network unless one is asked for."""
+    if args.task == "superres":
+        if args.method == "filter":
+            raise InputError("super-resolution has no filter method: use --method network (the default)")
+        return "network"
+    if args.method == "filter" or args.steps == 0:
+        if args.method == "network" or args.save_model:
+            raise InputError("--save-model and --method network train a network: give --steps more than 0")
+        return "filter"
+    return "network" if args.method == "network" or args.save_model or args.steps else "filter"
+
+
+def _self_calibrated(image, args: argparse.Namespace, method: str, progress):
+    from dataclasses import replace
+
+    if args.task == "denoise":
+        from ..enhancement.denoise import NETWORK_STEPS, DenoiseSettings, self_supervised_denoise
+
+        settings = DenoiseSettings(device=args.device, time_budget_s=args.time_budget,
+                                   wiener_passes=args.wiener_passes, noise=args.noise)
+        if method == "network":
+            settings = replace(settings, steps=args.steps or NETWORK_STEPS)
+        return self_supervised_denoise(image, settings, progress, Path(args.save_model) if args.save_model else None)
+    from ..enhancement.superres import SuperResolutionSettings, self_supervised_superres
+
+    settings = SuperResolutionSettings(factor=args.factor, device=args.device, time_budget_s=args.time_budget)
+    settings = replace(settings, steps=args.steps) if args.steps is not None else settings
+    return self_supervised_superres(image, settings, progress)
+
+
+def run_enhance(args: argparse.Namespace, progress) -> EnhanceResult:
+    from ..enhancement.pretrained import enhance_with_model, enhancement_kind
+    from ..models.loading import load_model
+
+    check_writable(Path(args.output))
+    if args.save_model and (args.task != "denoise" or args.model):
+        raise InputError("--save-model keeps a self-supervised denoiser: use it with --task denoise and no --model")
+    if args.model and args.method:
+        raise InputError("--method chooses a self-calibrated method: leave it out with --model")
+    method = None if args.model else chosen_method(args)
+    image = read_image(args.input)
+    if args.model:
+        model = load_model(args.model, trust=args.trust_model)
+        if enhancement_kind(model) != args.task:
+            raise InputError(f"model {model.card.name!r} does {enhancement_kind(model)}, not {args.task}")
+        result, method = enhance_with_model(image, model, args.device, progress), model.card.name
+    else:
+        result = _self_calibrated(image, args, method, progress)
+    write_image(result, Path(args.output), compress=not args.no_compress)
+    settings = {"task": args.task, "method": method, "steps": args.steps, "factor": args.factor,
+                "spacing": list(result.spacing)}
+    if args.task == "denoise" and not args.model:
+        settings.update(wiener_passes=args.wiener_passes, noise=args.noise)
+    return EnhanceResult(str(args.output), settings)
+
+
+RUNNERS = {"enhance": run_enhance}
+REQUESTS = (EnhanceRequest,)

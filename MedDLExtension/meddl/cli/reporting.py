@@ -1,0 +1,54 @@
+"""Running a parsed command and reporting its outcome: the command line and the worker both go through here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from typing import Callable
+
+from ..errors import MeddlError
+from ..progress import JsonLinesProgress
+from ..protocol import Result
+from ..tasks import TASKS
+from . import models
+
+
+def runners() -> dict[str, Callable]:
+    """Command name -> runner, from every registered task's module and the model library's."""
+    table: dict[str, Callable] = dict(models.RUNNERS)
+    for task in TASKS.values():
+        table.update(task.commands_module().RUNNERS)
+    return table
+
+
+def execute(args: argparse.Namespace, progress) -> Result:
+    """Run one parsed command; raises MeddlError for problems the user can fix."""
+    return runners()[args.command](args, progress)
+
+
+def run_reported(args: argparse.Namespace, progress, protocol: JsonLinesProgress | None) -> int:
+    """Run a parsed command; report the outcome on stderr and, with a protocol, as a done/error event.
+
+    Returns the exit code.
+    """
+    try:
+        result = execute(args, progress)
+    except MeddlError as error:
+        return _report_failure(protocol, type(error).__name__, str(error), error.exit_code, f"error: {error}")
+    except KeyboardInterrupt:
+        return _report_failure(protocol, "Interrupted", "interrupted", 130, "interrupted")
+    except Exception as error:  # a bug or an unforeseen failure: still one clear line and a protocol event
+        traceback.print_exc()
+        message = f"unexpected error: {error!r}"
+        return _report_failure(protocol, "InternalError", message, 1, message)
+    if protocol:
+        protocol.emit("done", **result.as_event())
+    return 0
+
+
+def _report_failure(protocol: JsonLinesProgress | None, kind: str, message: str, code: int, line: str) -> int:
+    if protocol:
+        protocol.emit("error", kind=kind, message=message, exit_code=code)
+    print(f"meddl: {line}", file=sys.stderr)
+    return code

@@ -1,1 +1,0 @@
-"""Training models from the user's own data."""
