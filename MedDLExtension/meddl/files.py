@@ -14,6 +14,8 @@ from .errors import OutputError
 def check_writable(path: Path) -> None:
     """Raise OutputError early when `path` cannot be created."""
     folder = path.parent if str(path.parent) else Path(".")
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"cannot write {path}: {folder} is a file, not a folder")
     if not folder.is_dir():
         raise OutputError(f"cannot write {path}: folder {folder} does not exist")
     if path.is_dir():

@@ -93,6 +93,10 @@ def test_unwritable_output_exit_code(tmp_path, model_path, input_path):
     code, err, files = _run(["segment", str(input_path), str(tmp_path / "out/missing/x.nii.gz"),
                              "--model", str(model_path)], tmp_path)
     assert code == 5 and "does not exist" in err and files == []
+    (tmp_path / "out" / "file").write_text("x")  # a parent that is a file: unwritable for root too
+    code, err, files = _run(["segment", str(input_path), str(tmp_path / "out/file/x.nii.gz"),
+                             "--model", str(model_path)], tmp_path)
+    assert code == 5 and "is a file, not a folder" in err and files == ["file"]
 
 
 def test_unavailable_device_exit_code(tmp_path, model_path, input_path):

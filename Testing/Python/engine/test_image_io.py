@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nibabel as nib
@@ -120,20 +119,13 @@ def test_write_to_missing_folder_leaves_nothing(tmp_path, oblique_image):
     assert not target.parent.exists()
 
 
-def test_write_failure_leaves_no_partial_file(tmp_path, oblique_image):
-    readonly = tmp_path / "readonly"
-    readonly.mkdir()
-    os.chmod(readonly, 0o500)
-    try:
-        if os.access(readonly, os.W_OK):  # root ignores permissions: use an unsupported type instead
-            with pytest.raises(OutputError, match="unsupported output file type"):
-                write_image(oblique_image, readonly / "out.png")
-        else:
-            with pytest.raises(OutputError, match="no permission"):
-                write_image(oblique_image, readonly / "out.nii.gz")
-        assert list(readonly.iterdir()) == []
-    finally:
-        os.chmod(readonly, 0o700)
+def test_unwritable_location_fails_for_root_too_and_leaves_nothing(tmp_path, oblique_image):
+    """A parent that is a regular file cannot hold files, whatever the user's permissions."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match="is a file, not a folder"):
+        write_image(oblique_image, blocker / "out.nii.gz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-folder"] and blocker.read_text() == "x"
 
 
 def test_failed_write_removes_temporary(tmp_path, oblique_image, monkeypatch):
