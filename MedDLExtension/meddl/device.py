@@ -8,6 +8,7 @@ torch is imported.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,15 @@ class Compute:
 
         free, _total = torch.cuda.mem_get_info(self.device)
         return int(free)
+
+
+_said: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    if message not in _said:
+        _said.add(message)
+        print(f"meddl: {message}", file=sys.stderr)
 
 
 def _mps_available() -> bool:
@@ -66,4 +76,7 @@ def select_compute(name: str = "auto", amp: bool | None = None) -> Compute:
         device = torch.device("cpu")
     else:
         raise DeviceError(f"unknown device {name!r}: choose one of {', '.join(DEVICE_CHOICES)}")
+    if device.type == "mps":
+        _say_once("running on the Apple GPU (mps); operations it lacks run on the CPU, each named in a "
+                  "warning from PyTorch")
     return Compute(device, device.type == "cuda" if amp is None else amp and device.type == "cuda")
