@@ -19,8 +19,9 @@ import time
 import traceback
 
 import slicer
+from meddl.tasks import TASKS
 
-MODULES = ("MedDLSegmentation", "MedDLClassification", "MedDLEnhancement", "MedDLRegistration")
+MODULES = tuple(task.module for task in TASKS.values())  # one Slicer module per registered task
 
 
 def run(modules) -> list[str]:

@@ -1,4 +1,4 @@
-"""Classification benchmark: meddl.classify against the bare MONAI network on the same tensors, same run.
+"""Classification benchmark: meddl.classification.classify against the bare MONAI network on the same tensors, same run.
 
 A batch of 3D volumes (64^3, 32 of them) through a MONAI DenseNet121: images per second and peak
 memory for (a) the network called directly on the prepared tensors in batches and (b) meddl's
@@ -43,7 +43,7 @@ def _setup():
 
 def _prepare(case: str):
     import torch
-    from meddl.classification.classify import classify, prepare, saliency
+    from meddl.classification.predict import classify, prepare, saliency
 
     images, model = _setup()
     if case == "monai":

@@ -79,7 +79,7 @@ def _prepare(case: str):
             tensor = (tensor - tensor.mean()) / tensor.std()
             return lambda: sliding_window_inference(tensor, ROI, SW_BATCH, network, overlap=OVERLAP)
         from meddl.models.loading import LoadedModel
-        from meddl.segmentation.segment import segment
+        from meddl.segmentation.predict import segment
 
         model = LoadedModel(_card(), {"network": network})
         return lambda: segment(image, model, device="cpu")
@@ -91,7 +91,7 @@ def _prepare(case: str):
 
         return lambda: run_bet([t1], mask_paths=[f"{out}/mask.nii.gz"], no_gpu=True)
     if kind == "deepbet-meddl":
-        from meddl.segmentation.segment import segment_file
+        from meddl.segmentation.predict import segment_file
 
         return lambda: segment_file(t1, f"{out}/mask.nii.gz", "deepbet-brain-extraction", device="cpu")
     from headless_slicer import HeadlessScene

@@ -84,7 +84,7 @@ def _dice_cases() -> list[dict]:
     import numpy as np
     from meddl.models.loading import load_model
     from meddl.segmentation.metrics import dice
-    from meddl.segmentation.segment import segment
+    from meddl.segmentation.predict import segment
     from meddl.segmentation.training import train_segmentation
 
     (image, label), (train, val) = _data()

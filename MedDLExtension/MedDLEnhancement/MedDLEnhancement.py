@@ -91,20 +91,24 @@ class MedDLEnhancementWidget(MedDLWidgetMixin, ScriptedLoadableModuleWidget, VTK
     def _checkCanApply(self, caller=None, event=None) -> None:
         p = self._parameterNode
         hasModel = bool(p and (p.method != "model" or p.model or self.ui.modelPathLineEdit.currentPath))
-        ready = bool(p and p.inputVolume) and hasModel and not self.isRunning()
+        filterSuperres = bool(p and p.task == "superres" and ENGINE_METHODS.get(p.method) == "filter")
+        ready = bool(p and p.inputVolume) and hasModel and not filterSuperres and not self.isRunning()
         self.ui.applyButton.enabled = ready
         self.ui.applyButton.toolTip = _("Enhance the input volume") if ready else _(
-            "Select an input volume (and a model for the 'model' method)")
+            "Select an input volume (and a model for the 'model' method); super-resolution has no filter "
+            "method: choose 'self-supervised network'")
+        self.ui.stepsSpinBox.enabled = bool(p and p.method == "self-supervised network")
 
     def onApplyButton(self) -> None:
         if not self.dependenciesReady():
             return
         p = self._parameterNode
         model = (self.ui.modelPathLineEdit.currentPath or p.model) if p.method == "model" else None
-        method = ENGINE_METHODS.get(p.method) if p.task == "denoise" else None  # superres: its network
+        method = ENGINE_METHODS.get(p.method)
         noise = p.noise if p.task == "denoise" and model is None else None
+        steps = (p.steps or None) if method == "network" else None
         try:
-            job = self.logic.start(p.inputVolume, p.task, model, p.device, p.steps or None, p.factor or None,
+            job = self.logic.start(p.inputVolume, p.task, model, p.device, steps, p.factor or None,
                                    p.outputVolume, noise, method)
         except Exception as error:
             slicer.util.errorDisplay(_("Cannot start enhancement: {error}").format(error=error))
@@ -139,9 +143,10 @@ class MedDLEnhancementLogic(ScriptedLoadableModuleLogic):
                               noise=noise, method=method)
 
     def process(self, inputVolume, task: str = "denoise", model: Optional[str] = None, device: str = "auto",
-                steps: Optional[int] = None, factor: Optional[int] = None, timeout: Optional[float] = None):
+                steps: Optional[int] = None, factor: Optional[int] = None, timeout: Optional[float] = None,
+                method: Optional[str] = None):
         """Enhance and wait (scripts and tests); raises with the worker's message."""
-        job = self.start(inputVolume, task, model, device, steps, factor)
+        job = self.start(inputVolume, task, model, device, steps, factor, method=method)
         return finish_within(job, timeout, "enhancement")
 
 

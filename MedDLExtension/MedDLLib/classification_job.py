@@ -12,7 +12,7 @@ from meddl.errors import InputError
 from meddl.image import Image, check_volume
 from meddl.io import read_image, write_image
 
-from .jobs import EngineJob, FolderJob
+from .jobs import FolderJob
 from .segmentations import place_beside_in_hierarchy
 from .tables import fill_table_node
 from .volumes import image_from_volume_node, volume_node_from_image
@@ -59,7 +59,7 @@ class ClassificationJob(FolderJob):
         request = ClassifyRequest(tuple(paths), str(model), str(self.folder / "results.csv"),
                                   str(self.folder / "saliency") if with_saliency else None,
                                   saliency_class if with_saliency else None, device)
-        self.engine = EngineJob(request, device=device)
+        self._start(request, device)
         self.saliency_nodes: list = []
 
     def _apply(self, result: ClassifyResult):

@@ -15,7 +15,7 @@ from meddl.errors import InputError
 from meddl.image import check_volume
 from meddl.io import read_image, write_image
 
-from .jobs import EngineJob, FolderJob
+from .jobs import FolderJob
 from .segmentations import place_beside_in_hierarchy
 from .volumes import image_from_volume_node, set_volume_node_from_image, volume_node_from_image
 
@@ -43,7 +43,7 @@ class EnhancementJob(FolderJob):
         request = EnhanceRequest(str(input_path), str(self.folder / "enhanced.nrrd"), task, method,
                                  str(model) if model else None, steps, factor, time_budget_s, noise, device,
                                  compress=False)
-        self.engine = EngineJob(request, device=device)
+        self._start(request, device)
 
     def _apply(self, result: EnhanceResult):
         """Add (or fill) the output volume node; returns it."""

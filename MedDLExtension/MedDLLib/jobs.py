@@ -221,9 +221,10 @@ class EngineJob(Job):
         self.state = JobState.RUNNING
         self.result: Result | None = None
         self.error = ""
+        arguments = request.argv()  # a request that cannot be built takes no worker
         self.worker = acquire_worker(device)
         self.process = self.worker.process
-        self.worker.submit(self.id, request.argv())
+        self.worker.submit(self.id, arguments)
 
     def poll(self) -> list[dict[str, Any]]:
         """Events received since the last poll; updates fraction, message and state."""
@@ -244,7 +245,11 @@ class EngineJob(Job):
         if kind == "progress":
             self.fraction, self.message = float(event.get("fraction", 0.0)), str(event.get("message", ""))
         elif kind == "done":
-            self.result = self.request.read_result(event)
+            try:
+                self.result = self.request.read_result(event)
+            except (TypeError, ValueError) as error:  # a worker of another MedDL version, say
+                self._end(JobState.FAILED, f"the worker's result could not be read: {error}")
+                return
             self.fraction = 1.0
             self._end(JobState.SUCCEEDED, "done")
         elif kind == "error" and event.get("job") == self.id:
@@ -306,14 +311,23 @@ def _kill_tree(process: subprocess.Popen) -> None:
 class FolderJob(Job):
     """A job that exchanges files with the worker through a private folder, removed in every outcome.
 
-    A subclass writes its inputs into `self.folder`, starts `self.engine` with its request, and
-    implements `_apply(result)`, which changes the scene; `finish()` calls it only after the job succeeded.
+    A subclass writes its inputs into `self.folder` (cleaning up if that fails), starts its request with
+    `_start()`, and implements `_apply(result)`, which changes the scene; `finish()` calls it only after
+    the job succeeded.
     """
 
     engine: EngineJob
 
     def __init__(self, prefix: str) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix=prefix))
+
+    def _start(self, request: Request, device: str | None) -> None:
+        """Run `request` on a worker; if it cannot start, the exported inputs are removed at once."""
+        try:
+            self.engine = EngineJob(request, device=device)
+        except BaseException:
+            self.clean_up()
+            raise
 
     @property
     def state(self) -> JobState:
@@ -337,6 +351,7 @@ class FolderJob(Job):
     def finish(self):
         """Apply a succeeded job to the scene and return what it made; raises JobFailed otherwise."""
         try:
+            self.poll()  # through the subclass, which may act on the last events
             return self._apply(self.engine.finish())
         finally:
             self.clean_up()

@@ -13,10 +13,10 @@ from typing import Any, Optional
 from meddl.cli.register import RegisterRequest, RegisterResult
 from meddl.image import check_volume
 from meddl.io import read_image, write_image
-from meddl.registration.fields import read_displacement_field
+from meddl.registration.field_files import read_displacement_field
 
 from .enhancement_job import copy_window_level
-from .jobs import EngineJob, FolderJob
+from .jobs import FolderJob
 from .segmentations import apply_label_map, label_map_from_segmentation, place_beside_in_hierarchy
 from .tables import fill_table_node
 from .transforms import grid_transform_node
@@ -58,7 +58,7 @@ class RegistrationJob(FolderJob):
                                   str(self.folder / "warped-labels.nrrd") if labels else None,
                                   str(self.folder / "report.json"), method, similarity, iterations or None,
                                   str(model) if model else None, device, compress=False)
-        self.engine = EngineJob(request, device=device)
+        self._start(request, device)
 
     def _export_segmentation(self, moving_image) -> str:
         segmentation = self.moving_segmentation.GetSegmentation()

@@ -9,7 +9,7 @@ from meddl.cli.segment import SegmentRequest, SegmentResult
 from meddl.image import check_volume
 from meddl.io import read_image, write_image
 
-from .jobs import EngineJob, FolderJob
+from .jobs import FolderJob
 from .segmentations import apply_label_map
 from .volumes import image_from_volume_node
 
@@ -36,7 +36,7 @@ class SegmentationJob(FolderJob):
             raise
         request = SegmentRequest(str(self.input_path), str(self.folder / "labels.nrrd"), str(model) if model else None,
                                  device, trust_model, compress=False)
-        self.engine = EngineJob(request, device=device)
+        self._start(request, device)
         self.segmentation_node = None
 
     def _apply(self, result: SegmentResult):

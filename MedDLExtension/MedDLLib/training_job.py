@@ -18,7 +18,7 @@ from meddl.image import check_volume
 from meddl.io import write_image
 from meddl.models import store
 
-from .jobs import EngineJob, FolderJob, JobState
+from .jobs import FolderJob, JobState
 from .segmentations import label_map_from_segmentation
 from .volumes import image_from_volume_node
 
@@ -106,7 +106,7 @@ class TrainingJob(FolderJob):
                                val_images=tuple(val_images), val_labels=tuple(val_labels), epochs=epochs,
                                time_budget_s=time_budget_s or None, validate_every=1,
                                init_from=str(init_from) if init_from else None, device=device)
-        self.engine = EngineJob(request, device=device)
+        self._start(request, device)
         self.chart = TrainingChart(scene, f"MedDL training {model_id}")
 
     def _export(self, pairs, prefix: str) -> tuple[list[str], list[str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Optional
 
+import ctk
 import slicer
 from meddl.device import DEVICE_CHOICES
 from MedDLLib.jobs import JobState, finish_within
@@ -32,7 +33,8 @@ class MedDLRegistration(ScriptedLoadableModule):
         self.parent.contributors = ["MedDL developers"]
         self.parent.helpText = _(
             "Align a moving volume (and a segmentation drawn on it) to a fixed volume: affine pre-alignment, "
-            "then a diffeomorphic deformation optimised on this pair (no pretrained weights). The result is a "
+            "then a diffeomorphic deformation optimised on this pair (no pretrained weights), or predicted by a "
+            "learned registration model from the model library. The result is a "
             "grid transform node you can apply to any node, the warped volume and segmentation, and a table "
             "of quality figures. Runs in the background with progress and Cancel."
         )
@@ -50,6 +52,7 @@ class MedDLRegistrationParameterNode:
     similarity: Annotated[str, Choice(["lncc", "mi"])] = "lncc"
     iterations: int = 0
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
+    model: str = ""  # a learned registration model from the library; empty: optimise on this pair
 
 
 class MedDLRegistrationWidget(MedDLWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -68,7 +71,8 @@ class MedDLRegistrationWidget(MedDLWidgetMixin, ScriptedLoadableModuleWidget, VT
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = MedDLRegistrationLogic()
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.setupMedDL("registration", withLibrary=False)
+        self.ui.modelPathLineEdit.filters = ctk.ctkPathLineEdit.Files
+        self.setupMedDL("registration")
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         p = self._parameterNode
@@ -81,9 +85,10 @@ class MedDLRegistrationWidget(MedDLWidgetMixin, ScriptedLoadableModuleWidget, VT
         if not self.dependenciesReady():
             return
         p = self._parameterNode
+        model = self.ui.modelPathLineEdit.currentPath or p.model or None
         try:
             job = self.logic.start(p.fixedVolume, p.movingVolume, p.movingSegmentation, p.method, p.similarity,
-                                   p.device, p.iterations or None)
+                                   p.device, p.iterations or None, model)
         except Exception as error:
             slicer.util.errorDisplay(_("Cannot start registration: {error}").format(error=error))
             return

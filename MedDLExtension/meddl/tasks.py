@@ -67,10 +67,10 @@ def _resolve(reference: str) -> Callable:
 
 
 TASKS: dict[str, Task] = {task.name: task for task in (
-    Task("segmentation", "Segmentation", "named", "meddl.cli.segment", "meddl.segmentation.segment:dry_run",
+    Task("segmentation", "Segmentation", "named", "meddl.cli.segment", "meddl.segmentation.predict:dry_run",
          "MedDLSegmentation"),
     Task("classification", "Classification", "classes", "meddl.cli.classify",
-         "meddl.classification.classify:dry_run", "MedDLClassification"),
+         "meddl.classification.predict:dry_run", "MedDLClassification"),
     Task("enhancement", "Enhancement", "none", "meddl.cli.enhance", "meddl.enhancement.pretrained:dry_run",
          "MedDLEnhancement", card_check="meddl.enhancement.pretrained:check_card", article="an"),
     Task("registration", "Registration", "none", "meddl.cli.register", "meddl.registration.learned:dry_run",

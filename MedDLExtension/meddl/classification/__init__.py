@@ -1,5 +1,5 @@
 """Classification: images in, class probabilities and Grad-CAM saliency out; training from a CSV."""
 
-from .classify import Classification, classify, saliency
+from .predict import Classification, classify, saliency
 
 __all__ = ["Classification", "classify", "saliency"]

@@ -21,6 +21,7 @@ from ..models.card import card_from_dict
 from ..models.networks import build_monai_network
 from ..progress import Progress, no_progress
 from . import metrics
+from .predict import prepare
 
 ARCHITECTURES = ("densenet", "resnet", "efficientnet")
 
@@ -178,7 +179,6 @@ def train_classifier(images: Sequence[Image], labels: Sequence[int], classes: Se
                      settings: Optional[TrainingSettings] = None, splits: Optional[Sequence[str]] = None,
                      progress: Optional[Progress] = None, data_description: str = "") -> TrainingResult:
     """Train, validate and write out/model.pt + out/model.json + out/metrics.json (whole or not at all)."""
-    from .classify import prepare
 
     settings, out = settings or TrainingSettings(), Path(out)
     _check(images, labels, classes)

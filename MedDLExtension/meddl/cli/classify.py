@@ -77,7 +77,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def run_classify(args: argparse.Namespace, progress) -> ClassifyResult:
-    from ..classification.classify import classifier_model, classify, saliency
+    from ..classification.predict import classifier_model, classify, saliency
 
     output = Path(args.csv)
     check_writable(output)

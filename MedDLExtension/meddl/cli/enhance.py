@@ -38,15 +38,17 @@ class EnhanceRequest(Request):
     steps: Optional[int] = None
     factor: Optional[int] = None
     time_budget_s: Optional[float] = None
-    noise: Optional[str] = None
+    noise: Optional[str] = "auto"
     device: str = "auto"
     compress: bool = True
+    trust_model: bool = False
 
     def argv(self) -> list[str]:
         return [self.command, str(self.input), str(self.output), *options(
             (("--task", self.task), ("--method", self.method), ("--model", self.model), ("--steps", self.steps),
              ("--factor", self.factor), ("--time-budget", self.time_budget_s), ("--noise", self.noise),
-             ("--device", self.device), ("--no-compress", not self.compress)))]
+             ("--device", self.device), ("--no-compress", not self.compress),
+             ("--trust-model", self.trust_model)))]
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -66,8 +68,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                         help="a pretrained enhancement model (id, file or bundle) instead of a method")
     add_trust(parser)
     parser.add_argument("--steps", type=int, default=None,
-                        help="training steps of the self-supervised network (denoise: 0 = no network, the same "
-                             "as --method filter)")
+                        help="training steps of the self-supervised network (denoise: giving them chooses "
+                             "--method network; default 300)")
     parser.add_argument("--time-budget", type=float, default=None, help="stop self-supervised training after S s")
     parser.add_argument("--wiener-passes", type=int, default=1,
                         help="denoise: grouped Wiener passes after the grouped hard thresholding of the image")
@@ -83,35 +85,51 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     add_progress(parser)
 
 
-def chosen_method(args: argparse.Namespace) -> str:
-    """The self-calibrated method: denoising filters without a network unless one is asked for."""
+def chosen_method(args: argparse.Namespace) -> str | None:
+    """The self-calibrated method ("filter" or "network"; None with --model), refusing options that would be
+    ignored: denoising filters without a network unless --method network, --steps N or --save-model asks
+    for one."""
+    if args.model:
+        given = [flag for flag, value in (("--method", args.method), ("--steps", args.steps is not None),
+                                          ("--save-model", args.save_model), ("--time-budget", args.time_budget))
+                 if value]
+        if given:
+            raise InputError(f"{', '.join(given)}: for the self-calibrated methods, not with --model")
+        return None
     if args.task == "superres":
         if args.method == "filter":
-            raise InputError("super-resolution has no filter method: use --method network (the default)")
+            raise InputError("super-resolution has no filter method: it trains its network on the image "
+                             "(--method network, the default)")
         return "network"
     if args.method == "filter" or args.steps == 0:
-        if args.method == "network" or args.save_model:
-            raise InputError("--save-model and --method network train a network: give --steps more than 0")
+        for flag, given, why in (("--method network", args.method == "network", "trains a network"),
+                                 ("--steps", bool(args.steps), "counts the network's training steps"),
+                                 ("--save-model", bool(args.save_model), "keeps the self-trained network"),
+                                 ("--time-budget", args.time_budget is not None, "limits the network's training")):
+            if given:
+                raise InputError(f"{flag} {why}, and the filter method (or --steps 0) trains none")
         return "filter"
-    return "network" if args.method == "network" or args.save_model or args.steps else "filter"
+    asked = args.method == "network" or args.steps or args.save_model or args.time_budget is not None
+    return "network" if asked else "filter"
 
 
 def _self_calibrated(image, args: argparse.Namespace, method: str, progress):
+    """The enhanced image and the network's training steps (0: no network)."""
     from dataclasses import replace
 
     if args.task == "denoise":
         from ..enhancement.denoise import NETWORK_STEPS, DenoiseSettings, self_supervised_denoise
 
         settings = DenoiseSettings(device=args.device, time_budget_s=args.time_budget,
-                                   wiener_passes=args.wiener_passes, noise=args.noise)
-        if method == "network":
-            settings = replace(settings, steps=args.steps or NETWORK_STEPS)
-        return self_supervised_denoise(image, settings, progress, Path(args.save_model) if args.save_model else None)
+                                   wiener_passes=args.wiener_passes, noise=args.noise,
+                                   steps=(args.steps or NETWORK_STEPS) if method == "network" else 0)
+        save = Path(args.save_model) if args.save_model else None
+        return self_supervised_denoise(image, settings, progress, save), settings.steps
     from ..enhancement.superres import SuperResolutionSettings, self_supervised_superres
 
     settings = SuperResolutionSettings(factor=args.factor, device=args.device, time_budget_s=args.time_budget)
     settings = replace(settings, steps=args.steps) if args.steps is not None else settings
-    return self_supervised_superres(image, settings, progress)
+    return self_supervised_superres(image, settings, progress), settings.steps
 
 
 def run_enhance(args: argparse.Namespace, progress) -> EnhanceResult:
@@ -119,21 +137,19 @@ def run_enhance(args: argparse.Namespace, progress) -> EnhanceResult:
     from ..models.loading import load_model
 
     check_writable(Path(args.output))
-    if args.save_model and (args.task != "denoise" or args.model):
-        raise InputError("--save-model keeps a self-supervised denoiser: use it with --task denoise and no --model")
-    if args.model and args.method:
-        raise InputError("--method chooses a self-calibrated method: leave it out with --model")
-    method = None if args.model else chosen_method(args)
+    if args.save_model and args.task != "denoise":
+        raise InputError("--save-model keeps a self-trained denoiser: use it with --task denoise")
+    method = chosen_method(args)
     image = read_image(args.input)
     if args.model:
         model = load_model(args.model, trust=args.trust_model)
         if enhancement_kind(model) != args.task:
             raise InputError(f"model {model.card.name!r} does {enhancement_kind(model)}, not {args.task}")
-        result, method = enhance_with_model(image, model, args.device, progress), model.card.name
+        result, method, steps = enhance_with_model(image, model, args.device, progress), model.card.name, None
     else:
-        result = _self_calibrated(image, args, method, progress)
+        result, steps = _self_calibrated(image, args, method, progress)
     write_image(result, Path(args.output), compress=not args.no_compress)
-    settings = {"task": args.task, "method": method, "steps": args.steps, "factor": args.factor,
+    settings = {"task": args.task, "method": method, "steps": steps, "factor": args.factor,
                 "spacing": list(result.spacing)}
     if args.task == "denoise" and not args.model:
         settings.update(wiener_passes=args.wiener_passes, noise=args.noise)

@@ -15,6 +15,7 @@ from ..errors import InputError
 from ..files import check_writable
 from ..io import read_image, write_image
 from ..protocol import Request, Result, options
+from ..registration.field_files import write_displacement_field
 from .options import add_device, add_progress, add_trust
 
 
@@ -46,6 +47,7 @@ class RegisterRequest(Request):
     model: Optional[str] = None
     device: str = "auto"
     compress: bool = True
+    trust_model: bool = False
 
     def argv(self) -> list[str]:
         return [self.command, str(self.fixed), str(self.moving), *options(
@@ -53,7 +55,8 @@ class RegisterRequest(Request):
              ("--moving-labels", self.moving_labels), ("--out-warped-labels", self.out_warped_labels),
              ("--out-report", self.out_report), ("--method", self.method), ("--similarity", self.similarity),
              ("--iterations", self.iterations), ("--model", self.model), ("--device", self.device),
-             ("--no-compress", not self.compress)))]
+             ("--no-compress", not self.compress),
+             ("--trust-model", self.trust_model)))]
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,7 @@ def normalised_cross_correlation(fixed, moving_on_fixed) -> float:
 
 
 def run_register(args: argparse.Namespace, progress) -> RegisterResult:
-    from ..registration.fields import warp, write_displacement_field
+    from ..registration.fields import warp
     from ..registration.optimise import RegistrationSettings
 
     outputs = [args.out_transform, args.out_warped, args.out_warped_labels, args.out_report]

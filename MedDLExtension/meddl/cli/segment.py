@@ -62,7 +62,7 @@ def _add_segment(commands: argparse._SubParsersAction) -> None:
 
 
 def run_segment(args: argparse.Namespace, progress) -> SegmentResult:
-    from ..segmentation.segment import labels_path_for, segment_file
+    from ..segmentation.predict import labels_path_for, segment_file
 
     result = segment_file(args.input, args.output, args.model, args.device, progress, args.trust_model,
                           compress=not args.no_compress)

@@ -25,10 +25,13 @@ from ..device import select_compute
 from ..errors import InputError
 from ..image import Image
 from ..models.card import card_from_dict
+from ..models.loading import LoadedModel
+from ..models.networks import build_monai_network
 from ..progress import Progress, no_progress, scaled
 from .blockmatch import Grouping, collaborative_filter
 from .intensity import Scaling, checked_scalar_volume
 from .noise import estimate_noise_sigma, rician_bias_correction
+from .pretrained import denoiser_card, enhance_with_model, save_denoiser
 
 NETWORK_STEPS = 300  # training steps of the blind-spot network when it is asked for without a count
 
@@ -81,7 +84,6 @@ def train_denoiser(volume: torch.Tensor, settings: DenoiseSettings, device: torc
     """Blind-spot training on the (normalised) volume itself."""
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
-    from ..models.networks import build_monai_network
 
     network = build_monai_network(denoiser_spec(settings), "denoiser").to(device).train()
     optimiser = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate)
@@ -142,8 +144,6 @@ def _checked(array: np.ndarray, settings: DenoiseSettings, save_model: Optional[
 def network_prediction(image: Image, array: np.ndarray, settings: DenoiseSettings, report: Progress,
                        save_model: Optional[Path], sigma: float) -> np.ndarray:
     """The blind-spot network trained on the image and applied to it (flip-averaged); optionally saved."""
-    from ..models.loading import LoadedModel
-    from .pretrained import denoiser_card, enhance_with_model, save_denoiser
 
     volume = torch.from_numpy(Scaling.of(array).forward(array))
     compute = select_compute(settings.device)

@@ -20,6 +20,7 @@ from ..device import select_compute
 from ..distributed import distributed_context
 from ..errors import InputError, OutputError
 from ..image import Image
+from ..inference.preprocess import finite, normalise
 from ..models.card import card_from_dict
 from ..models.loading import LoadedModel, load_model
 from ..models.networks import build_monai_network, load_weights
@@ -27,6 +28,7 @@ from ..progress import Progress, no_progress, report_metrics
 from .bundle_writer import write_bundle
 from .metrics import dice
 from .patches import PatchDataset, sparse_axis
+from .predict import segment
 
 
 @dataclass
@@ -117,7 +119,6 @@ def _card(labels: dict[int, str], settings: SegmentationTrainingSettings, name: 
 
 def prepare_volumes(pairs, card) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Whole volumes normalised as inference will normalise them, in the engine's (i, j, k) order."""
-    from ..inference.preprocess import finite, normalise
 
     prepared = []
     for image, label in pairs:
@@ -130,7 +131,6 @@ def prepare_volumes(pairs, card) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def validation_dice(model: LoadedModel, pairs, labels: dict[int, str], device: str = "cpu") -> dict[str, float]:
     """Per-label Dice of the real inference path on whole validation volumes."""
-    from .segment import segment
 
     scores: dict[str, list[float]] = {name: [] for name in labels.values()}
     for image, label in pairs:

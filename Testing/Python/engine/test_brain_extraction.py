@@ -10,7 +10,7 @@ from meddl.io import read_image, write_image
 from meddl.models import catalog
 from meddl.sample_data import reference_brain_mask
 from meddl.segmentation.metrics import dice
-from meddl.segmentation.segment import segment, segment_file
+from meddl.segmentation.predict import segment, segment_file
 
 MODEL = "deepbet-brain-extraction"
 

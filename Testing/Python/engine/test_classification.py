@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from meddl.classification import metrics
-from meddl.classification.classify import classify, prepare, saliency
+from meddl.classification.predict import classify, prepare, saliency
 from meddl.classification.training import TrainingSettings, train_classifier
 from meddl.cli import main
 from meddl.errors import InputError, ModelError

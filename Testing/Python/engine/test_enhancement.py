@@ -159,8 +159,7 @@ def test_a_segmentation_model_is_not_an_enhancement_model(tmp_path):
 
 
 @pytest.mark.parametrize(("options", "method", "steps"), [
-    ([], "filter", None), (["--method", "network", "--steps", "20"], "network", 20),
-    (["--steps", "20"], "network", 20), (["--method", "filter", "--steps", "20"], "filter", 20)])
+    ([], "filter", 0), (["--method", "network", "--steps", "20"], "network", 20), (["--steps", "20"], "network", 20)])
 def test_denoising_defaults_to_the_filter_and_trains_a_network_only_when_asked(clean, tmp_path, capsys, options,
                                                                               method, steps):
     write_image(Image(rician(clean[16:48, 20:60, 18:54], 0.05, seed=1)), tmp_path / "noisy.nii.gz")
@@ -176,8 +175,12 @@ def test_denoising_defaults_to_the_filter_and_trains_a_network_only_when_asked(c
 
 def test_method_choices_that_cannot_work_are_refused(clean, tmp_path):
     write_image(Image(rician(clean, 0.05, seed=1)), tmp_path / "noisy.nii.gz")
-    for options in (["--task", "superres", "--method", "filter"], ["--task", "denoise", "--method", "network",
-                                                                   "--steps", "0"]):
+    for options in (["--task", "superres", "--method", "filter"],
+                    ["--task", "denoise", "--method", "network", "--steps", "0"],
+                    ["--task", "denoise", "--method", "filter", "--steps", "20"],
+                    ["--task", "denoise", "--method", "filter", "--time-budget", "5"],
+                    ["--task", "denoise", "--model", str(tmp_path / "any.pt"), "--steps", "5"],
+                    ["--task", "superres", "--save-model", str(tmp_path / "any.pt")]):
         assert main(["enhance", str(tmp_path / "noisy.nii.gz"), str(tmp_path / "out.nii.gz"), *options,
                      "--progress", "none"]) == 3
     assert not (tmp_path / "out.nii.gz").exists()

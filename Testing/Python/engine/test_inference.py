@@ -12,7 +12,7 @@ from meddl.image import Image
 from meddl.inference.sliding_window import window_count
 from meddl.models.card import card_from_dict
 from meddl.models.loading import LoadedModel, load_model
-from meddl.segmentation.segment import segment
+from meddl.segmentation.predict import segment
 from meddl_testing import blob_image, card_dict, tiny_unet, write_state_dict_model
 from monai.inferers import sliding_window_inference
 

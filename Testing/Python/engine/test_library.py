@@ -22,7 +22,7 @@ from meddl.library.download import Cancelled
 from meddl.library.overview import model_rows
 from meddl.models import catalog, store
 from meddl.models.loading import load_model
-from meddl.segmentation.segment import segment
+from meddl.segmentation.predict import segment
 from meddl_testing import card_dict, tiny_unet, write_bundle, write_state_dict_model, write_torchscript_model
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -122,7 +122,7 @@ FEW_SHOT = dict(epochs=10, steps_per_epoch=10)
 
 def unlabelled_dice(bundle, every_tenth_slice) -> dict[int, float]:
     from meddl.segmentation.metrics import dice
-    from meddl.segmentation.segment import segment
+    from meddl.segmentation.predict import segment
 
     image, truth, _, unlabelled = every_tenth_slice
     predicted = segment(image, load_model(bundle), device="cpu").labels.array

@@ -120,3 +120,38 @@ def test_importing_meddl_sets_the_mps_fallback_before_torch_loads():
                    if key != "PYTORCH_ENABLE_MPS_FALLBACK"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, check=True)
     assert out.stdout.split() == ["1", "False"]
+
+
+def _requests() -> list[type]:
+    from meddl.cli import models
+
+    return [request for module in [*(task.commands_module() for task in TASKS.values()), models]
+            for request in module.REQUESTS]
+
+
+REQUIRED = {"SegmentRequest": {"input": "in.nii.gz", "output": "out.nii.gz"},
+            "TrainRequest": {"images": ("a.nii.gz",), "labels": ("b.nii.gz",), "label_names": "1:A", "out": "o"},
+            "ClassifyRequest": {"inputs": ("a.png", "b.png"), "model": "m", "csv": "c.csv"},
+            "EnhanceRequest": {"input": "in.nii.gz", "output": "out.nii.gz"},
+            "RegisterRequest": {"fixed": "f.nii.gz", "moving": "m.nii.gz", "out_transform": "t.nii.gz"},
+            "InstallRequest": {"model_id": "x"}, "ImportRequest": {"path": "p.pt"}}
+DESTS = {"time_budget_s": "time_budget", "model_id": "id"}  # request field -> the parser's name for it
+
+
+def test_every_request_builds_a_command_the_parser_reads_back_with_the_same_defaults():
+    """A worker request and the command line cannot drift apart: same values, same defaults."""
+    import dataclasses
+
+    parser = build_parser()
+    assert {request.__name__ for request in _requests()} == set(REQUIRED)
+    for request_type in _requests():
+        request = request_type(**REQUIRED[request_type.__name__])
+        parsed = vars(parser.parse_args(request.argv()))
+        assert parsed["command"] == request.command
+        for field in dataclasses.fields(request_type):
+            value = getattr(request, field.name)
+            if field.name == "compress":
+                assert parsed["no_compress"] is not value
+            elif DESTS.get(field.name, field.name) in parsed:
+                read = parsed[DESTS.get(field.name, field.name)]
+                assert (tuple(read) if isinstance(read, list) else read) == value, (request_type.__name__, field.name)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import slicer
 import vtk
-from meddl.classification.classify import classify
+from meddl.classification.predict import classify
 from meddl.classification.training import network_spec
 from meddl.errors import InputError
 from meddl.image import Image

@@ -245,3 +245,17 @@ def test_imports_inside_engine_functions_are_only_of_heavy_modules():
         inner = [n for f in functions for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))]
         light += [f"{name} -> {target}" for target in _engine_imports(path, modules, inner) if not is_heavy(target)]
     assert not light, f"light modules imported inside functions: {light}"
+
+
+def test_slicer_side_imports_load_no_torch():
+    """Slicer's process imports MedDLLib (and the engine's light parts) before torch is installed: the first-use
+    install prompt must be reachable, so no module it imports may load torch."""
+    import subprocess
+    import sys
+
+    names = sorted(f"MedDLLib.{p.stem}" for p in (EXTENSION / "MedDLLib").glob("*.py") if p.stem != "__init__")
+    code = (f"import sys; [__import__(n) for n in {names!r}]; "
+            "print(sorted(m for m in ('torch', 'monai') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(EXTENSION)})
+    assert out.stdout.strip() == "[]", out.stdout
