@@ -45,7 +45,7 @@ class MedDLEnhancement(ScriptedLoadableModule):
 
 
 # The panel's methods and the engine's: the filter denoises without a network (the default, measured as good
-# as the network path at a sixth of the time); super-resolution has only its self-trained network.
+# as the network path in a third to a fifth of the time); super-resolution has only its self-trained network.
 METHODS = ["collaborative filter (fast)", "self-supervised network", "model"]
 ENGINE_METHODS = {"collaborative filter (fast)": "filter", "self-supervised network": "network"}
 
