@@ -8,13 +8,8 @@ from meddl.cli import main
 from meddl.errors import InputError
 from meddl.image import Image
 from meddl.io import read_image, write_image
-from meddl.registration.fields import (
-    folded_share,
-    lps_points,
-    read_displacement_field,
-    warp,
-    write_displacement_field,
-)
+from meddl.registration.field_files import read_displacement_field, write_displacement_field
+from meddl.registration.fields import folded_share, lps_points, warp
 from meddl.registration.optimise import RegistrationSettings, register
 from meddl.segmentation.metrics import dice
 from meddl_testing import deformed_copy, mni_tissue_volume, oblique_direction, smooth_random_field
