@@ -85,6 +85,11 @@ def image_from_index_to_ras(array: np.ndarray, index_to_ras: np.ndarray) -> Imag
     return Image(array, tuple(spacing), tuple(index_to_lps[:3, 3]), axes / spacing)
 
 
+def blank_image(shape: tuple[int, ...], channels: int = 1) -> Image:
+    """A zero image of `shape` (k, j, i) with `channels` channels: the small input a model is tried on."""
+    return Image(np.zeros((*shape, channels) if channels > 1 else shape, np.float32))
+
+
 def check_volume(image: Image, channels: int | None = None, what: str = "input image") -> None:
     """Raise InputError unless the image is a non-empty 3D volume with finite values."""
     array = image.array

@@ -12,7 +12,7 @@ import torch
 
 from ..device import select_compute
 from ..errors import InputError, ModelError
-from ..image import Image, check_volume
+from ..image import Image, blank_image, check_volume
 from ..models.card import ModelCard
 from ..models.loading import LoadedModel, load_model
 from ..progress import Progress, no_progress
@@ -121,4 +121,4 @@ def dry_run(loaded: LoadedModel) -> None:
     card = loaded.card
     size = tuple(card.input_size or (32,) * card.spatial_dims)
     shape = (1, *size) if card.spatial_dims == 2 else size
-    classify([Image(np.zeros((*shape, card.channels) if card.channels > 1 else shape, np.float32))], loaded, "cpu")
+    classify([blank_image(shape, card.channels)], loaded, "cpu")

@@ -6,11 +6,9 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 from ..device import select_compute
 from ..files import atomic_path, check_writable
-from ..image import Image
+from ..image import Image, blank_image
 from ..io import image_suffix, read_image, write_image
 from ..models.card import Label, ModelCard
 from ..models.catalog import default_model
@@ -73,7 +71,7 @@ def dry_run(loaded: LoadedModel) -> None:
     """Segment a blank volume of one patch on the CPU: what the model library runs before it lists a model."""
     card = loaded.card
     shape = tuple(card.roi_size or (32, 32, 32))[::-1]
-    segment(Image(np.zeros((*shape, card.channels) if card.channels > 1 else shape, np.float32)), loaded, "cpu")
+    segment(blank_image(shape, card.channels), loaded, "cpu")
 
 
 __all__ = ["Label", "SegmentationResult", "segment", "segment_file", "labels_path_for"]
