@@ -14,7 +14,7 @@ from dataclasses import dataclass
 TORCH_REQUIREMENT = ">=2.1"
 PINNED_PACKAGES = {"monai": "monai==1.6.1"}
 # Requirements of the pinned packages, installed only when missing (never upgraded).
-SECONDARY_PACKAGES = {"numpy": "numpy", "scipy": "scipy"}
+SECONDARY_PACKAGES = {"numpy": "numpy", "scipy": "scipy", "jsonschema": "jsonschema>=4.18"}
 # Packages Slicer ships and MedDL must never reinstall.
 SLICER_OWNED = ("numpy", "SimpleITK", "vtk")
 

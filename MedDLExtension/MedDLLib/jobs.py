@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import meddl
-from meddl.protocol import Request, Result
+from meddl.protocol import JOB_MARKER, Request, Result
 
 POLL_SECONDS = 0.02
 
@@ -90,7 +90,9 @@ class EngineWorker:
     def __init__(self, device: str | None = None) -> None:
         self.key = _worker_key(device)
         self.events: queue.Queue = queue.Queue()
-        self.stderr_tail: deque[str] = deque(maxlen=40)
+        self.stderr_tail: deque[str] = deque(maxlen=40)  # the last lines, whichever job wrote them
+        self._stderr_by_job: dict[str | None, deque[str]] = {None: deque(maxlen=40)}  # None: before any job
+        self._stderr_lock = threading.Lock()
         self.process = subprocess.Popen(
             [python_executable(), "-m", "meddl", "worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, bufsize=1, env=engine_environment(device), **_new_process_group())
@@ -109,8 +111,23 @@ class EngineWorker:
                 self.events.put(event)
 
     def _read_stderr(self) -> None:
+        current = self._stderr_by_job[None]
         for line in self.process.stderr:
-            self.stderr_tail.append(line.rstrip())
+            line = line.rstrip()
+            with self._stderr_lock:
+                if line.startswith(JOB_MARKER):  # the worker starts the next job: its lines are its own
+                    current = self._stderr_by_job[line[len(JOB_MARKER):]] = deque(maxlen=40)
+                    while len(self._stderr_by_job) > 4:  # a few jobs, and the worker's start
+                        del self._stderr_by_job[next(key for key in self._stderr_by_job if key is not None)]
+                    continue
+                self.stderr_tail.append(line)
+                current.append(line)
+
+    def stderr_of(self, job: str) -> list[str]:
+        """What the worker wrote on stderr while it ran `job` (before the job started: the worker's start-up)."""
+        with self._stderr_lock:
+            lines = self._stderr_by_job.get(job)
+            return list(self._stderr_by_job[None] if lines is None else lines)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -235,7 +252,7 @@ class EngineJob(Job):
         for event in events:
             self._apply(event)
         if self.state is JobState.RUNNING and ended:
-            tail = "\n".join(self.worker.stderr_tail)[-2000:]
+            tail = "\n".join(self.worker.stderr_of(self.id))[-2000:]
             self._end(JobState.FAILED, f"the worker process exited with code {self.process.returncode}"
                       + (f":\n{tail}" if tail else ""))
         return events

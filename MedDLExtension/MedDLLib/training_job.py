@@ -16,7 +16,7 @@ from meddl.cli.segment import TrainRequest, TrainResult
 from meddl.errors import InputError
 from meddl.image import check_volume
 from meddl.io import write_image
-from meddl.models import store
+from meddl.models import catalog, store
 
 from .jobs import FolderJob, JobState
 from .segmentations import label_map_from_segmentation
@@ -88,7 +88,7 @@ class TrainingJob(FolderJob):
                  validation_pairs: Sequence[tuple[Any, Any]] = ()) -> None:
         if not pairs:
             raise InputError("add at least one training pair: a volume and a segmentation drawn on it")
-        store.check_new_id(model_id)
+        catalog.check_user_id(model_id, "the model name")
         self.scene, self.model_id = scene, model_id
         self.names = segment_names([segmentation for _, segmentation in [*pairs, *validation_pairs]])
         if not self.names:

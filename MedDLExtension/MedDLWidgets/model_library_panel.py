@@ -53,11 +53,11 @@ class ModelLibraryPanel:
             cpu = "not measured" if row.cpu_seconds is None else f"{row.cpu_seconds:.1f} s"
             gpu = "not measured" if row.gpu_seconds is None else f"{row.gpu_seconds:.1f} s"
             values = (row.title, row.modality, row.license, _size(row.size_bytes), row.accuracy, cpu, gpu,
-                      "installed" if row.installed else "available")
+                      "broken" if row.broken else "installed" if row.installed else "available")
             for column, value in enumerate(values):
                 item = qt.QTableWidgetItem(value)
                 item.setData(ID_ROLE, row.id)
-                item.setToolTip(f"{row.id}\n{row.description}")
+                item.setToolTip(f"{row.id}\n{row.broken or row.description}")
                 table.setItem(index, column, item)
             if row.id == select:
                 table.selectRow(index)
@@ -80,10 +80,11 @@ class ModelLibraryPanel:
         self._updateButtons(row)
 
     def _updateButtons(self, row) -> None:
-        """Install for an available model, Remove for a removable installed one (`row`: the selection)."""
-        self.ui.installModelButton.enabled = bool(row and not row.installed)
-        removable = bool(row and row.installed) and (
-            row.origin == "imported" or "python_package" not in catalog.get_entry(row.id)["source"])
+        """Install for an available model, Remove for a removable installed or broken one (`row`: the
+        selection; a broken entry, whose record or card is damaged, can only be removed)."""
+        self.ui.installModelButton.enabled = bool(row and not row.installed and not row.broken)
+        removable = bool(row and (row.installed or row.broken)) and (
+            row.origin != "catalog" or "python_package" not in catalog.get_entry(row.id)["source"])
         self.ui.removeModelButton.enabled = removable
 
     def onInstall(self) -> None:

@@ -31,3 +31,11 @@ class DeviceError(MeddlError):
     """The requested compute device is not available."""
 
     exit_code = 6
+
+
+def first_line(error: Exception) -> str:
+    """The useful sentence of a library's error message (ITK's comes after file and line locations)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    # ITK puts the useful sentence after the file/line location lines
+    useful = [line for line in lines if not line.startswith(("/", "itk::", "ITK ERROR"))]
+    return (useful or lines or ["unknown error"])[-1]

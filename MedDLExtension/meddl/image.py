@@ -73,6 +73,16 @@ class Image:
         )
 
 
+def check_rectilinear(direction: np.ndarray, source: str = "the image") -> None:
+    """Refuse a sheared grid (axes not orthogonal): a result on it could not be written back onto its voxels
+    by any file format MedDL writes, and coercing the axes would move the result off the input's grid."""
+    direction = np.asarray(direction, float).reshape(3, 3)
+    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
+        raise InputError(f"{source} has a sheared (non-orthogonal) voxel grid, which MedDL cannot process or "
+                         "write back on the same grid; resample it onto a rectilinear grid first (e.g. Slicer's "
+                         "Resample Scalar Volume, or harden a shearing transform by resampling)")
+
+
 def image_from_index_to_ras(array: np.ndarray, index_to_ras: np.ndarray) -> Image:
     """Build an image from a KJI array and a 4x4 IJK-to-RAS matrix (Slicer's convention)."""
     to_lps = np.eye(4)
@@ -82,6 +92,7 @@ def image_from_index_to_ras(array: np.ndarray, index_to_ras: np.ndarray) -> Imag
     spacing = np.linalg.norm(axes, axis=0)
     if np.any(spacing <= 0):
         raise InputError("the image geometry has a zero spacing")
+    check_rectilinear(axes / spacing)
     return Image(array, tuple(spacing), tuple(index_to_lps[:3, 3]), axes / spacing)
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError, OutputError
-from .files import atomic_path
-from .image import Image
+from .dicom import read_dicom_series
+from .errors import InputError, OutputError, first_line
+from .image import Image, check_rectilinear
+from .nifti import check_nifti_complete
+from .outputs import OutputSet, joined
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -27,35 +30,28 @@ def read_image(path: str | Path, allow_2d: bool = False) -> Image:
 
     With `allow_2d`, a 2D picture (PNG, JPEG, a single-frame DICOM) becomes a one-slice volume:
     array (1, rows, columns[, channels]) with row 0 at the top, as the picture is shown.
+    A truncated or corrupt file is an InputError, never a volume padded with zeros.
     """
     path = Path(path)
-    if not path.exists():
+    try:
+        found = path.exists()
+    except OSError as error:  # e.g. a name too long for the file system
+        raise InputError(f"cannot read {path}: {error.strerror}") from None
+    if not found:
         raise InputError(f"input not found: {path}")
     if path.is_dir():
-        return image_from_sitk(_read_dicom_series(path), str(path))
+        return image_from_sitk(read_dicom_series(path), str(path))
+    if not path.is_file():
+        raise InputError(f"cannot read {path}: it is not a regular file (a pipe or a device?)")
+    if image_suffix(path) in (".nii", ".nii.gz"):
+        check_nifti_complete(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
-        raise InputError(f"cannot read image {path}: {_first_line(error)}") from None
+        raise InputError(f"cannot read image {path}: {first_line(error)}") from None
     if allow_2d and image.GetDimension() == 2:
         image = sitk.JoinSeries(image)
     return image_from_sitk(image, str(path))
-
-
-def _read_dicom_series(folder: Path) -> sitk.Image:
-    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if not series_ids:
-        raise InputError(f"no DICOM series found in folder {folder}")
-    files_per_series = {
-        series: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series) for series in series_ids
-    }
-    files = max(files_per_series.values(), key=len)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    try:
-        return reader.Execute()
-    except RuntimeError as error:
-        raise InputError(f"cannot read the DICOM series in {folder}: {_first_line(error)}") from None
 
 
 def image_from_sitk(image: sitk.Image, source: str = "image") -> Image:
@@ -64,8 +60,9 @@ def image_from_sitk(image: sitk.Image, source: str = "image") -> Image:
         raise InputError(
             f"{source} is {image.GetDimension()}D (size {image.GetSize()}); a 3D volume is needed"
         )
-    array = sitk.GetArrayFromImage(image)
     direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
+    check_rectilinear(direction, source)
+    array = sitk.GetArrayFromImage(image)
     return Image(array, image.GetSpacing(), image.GetOrigin(), direction)
 
 
@@ -78,22 +75,15 @@ def image_to_sitk(image: Image) -> sitk.Image:
     return result
 
 
-def write_image(image: Image, path: str | Path, compress: bool = True) -> Path:
-    """Write an image whole or not at all (a temporary file renamed into place)."""
+def write_image(image: Image, path: str | Path, compress: bool = True, outputs: Optional[OutputSet] = None) -> Path:
+    """Write an image whole or not at all; with `outputs`, staged there and committed with the job's other
+    outputs (a header/data pair such as .nhdr + .raw.gz moves as a pair)."""
     path = Path(path)
-    suffix = image_suffix(path)
-    if not suffix:
+    if not image_suffix(path):
         raise OutputError(f"unsupported output file type for {path}: use one of {', '.join(IMAGE_SUFFIXES)}")
-    with atomic_path(path, suffix) as temporary:
+    with joined(outputs) as staging:
         try:
-            sitk.WriteImage(image_to_sitk(image), str(temporary), compress)
+            sitk.WriteImage(image_to_sitk(image), str(staging.staged(path)), compress)
         except RuntimeError as error:
-            raise OutputError(f"cannot write {path}: {_first_line(error)}") from None
+            raise OutputError(f"cannot write {path}: {first_line(error)}") from None
     return path
-
-
-def _first_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    # ITK puts the useful sentence after the file/line location lines
-    useful = [line for line in lines if not line.startswith(("/", "itk::", "ITK ERROR"))]
-    return (useful or lines or ["unknown error"])[-1]

@@ -56,6 +56,7 @@ class TerminalProgress:
         self._stream = stream
         self.width = width
         self.last_draw = 0.0
+        self.line_open = False
 
     def __call__(self, fraction: float, message: str) -> None:
         now = time.monotonic()
@@ -66,6 +67,13 @@ class TerminalProgress:
         bar = "#" * filled + "-" * (self.width - filled)
         stream = self._stream or sys.stderr
         stream.write(f"\r[{bar}] {100 * fraction:5.1f}% {message[:40]:<40}")
-        if fraction >= 1.0:
+        self.line_open = fraction < 1.0
+        if not self.line_open:
             stream.write("\n")
         stream.flush()
+
+    def end_line(self) -> None:
+        """End an unfinished bar, so that a message printed next starts on its own line."""
+        if self.line_open:
+            (self._stream or sys.stderr).write("\n")
+            self.line_open = False

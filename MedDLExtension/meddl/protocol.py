@@ -13,6 +13,8 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
+JOB_MARKER = "meddl worker: job "  # the worker writes this + the job's id on stderr as each job starts
+
 
 class Result:
     """Base of every command's result: a dataclass whose fields travel in the `done` event."""

@@ -279,3 +279,34 @@ def write_task_models(folder: Path) -> dict[str, Path]:
     return {"segmentation": write_state_dict_model(folder / "seg", labels=2),
             "classification": classifier.folder / "model.pt", "enhancement": folder / "den.pt",
             "registration": folder / "reg.pt"}
+
+
+def write_dicom_series(image: Image, folder: Path, series: str = "1.2.826.0.1.3680043.2.1125.1.1",
+                       description: str = "test series") -> list[Path]:
+    """Write an image as a DICOM series, one file a slice with its position and orientation; returns the files."""
+    import SimpleITK as sitk
+
+    volume = sitk.Cast(sitk.GetImageFromArray(image.array.astype(np.int16)), sitk.sitkInt16)
+    volume.SetSpacing(image.spacing)
+    volume.SetOrigin(image.origin)
+    volume.SetDirection(tuple(image.direction.ravel()))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    files = []
+    for k in range(volume.GetDepth()):
+        slice_image = volume[:, :, k]
+        position = volume.TransformIndexToPhysicalPoint((0, 0, k))
+        tags = {
+            "0020|000e": series, "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
+            "0008|0060": "MR", "0020|0013": str(k + 1), "0008|103e": description,
+            "0020|0032": "\\".join(f"{p:.6f}" for p in position),
+            "0020|0037": "\\".join(f"{v:.8f}" for v in (*image.direction[:, 0], *image.direction[:, 1])),
+            "0018|0050": str(image.spacing[2]),
+            "0008|0018": f"{series}.{k + 1}",
+        }
+        for tag, value in tags.items():
+            slice_image.SetMetaData(tag, value)
+        files.append(folder / f"{series[-6:]}-slice{k:03d}.dcm")
+        writer.SetFileName(str(files[-1]))
+        writer.Execute(slice_image)
+    return files

@@ -14,6 +14,7 @@ from ..device import select_compute
 from ..errors import InputError, ModelError
 from ..image import Image, blank_image, check_volume
 from ..models.card import ModelCard
+from ..models.loaded import checked_output, network_failures
 from ..models.loading import LoadedModel, load_model
 from ..progress import Progress, no_progress
 from ..tasks import require_task
@@ -80,8 +81,8 @@ def classify(images: Sequence[Image], model: str | Path | LoadedModel, device: s
     sources = list(sources or [f"image {i + 1}" for i in range(len(images))])
     for start in range(0, len(images), batch_size):
         batch = torch.stack([prepare(image, card) for image in images[start:start + batch_size]])
-        with torch.inference_mode():
-            logits = network(batch.to(compute.device)).float()
+        with torch.inference_mode(), network_failures(card.name):
+            logits = checked_output(network(batch.to(compute.device)), card.name, len(batch), None, None).float()
         if logits.ndim != 2 or logits.shape[1] != len(card.labels):
             raise ModelError(f"the model produced output of shape {tuple(logits.shape)} but its card lists "
                              f"{len(card.labels)} classes")
@@ -108,7 +109,7 @@ def saliency(image: Image, model: str | Path | LoadedModel, class_name: Optional
     tensor = prepare(image, card)[None].to(compute.device)
     cam = GradCAM(nn_module=network, target_layers=card.saliency_layer)
     index = names.index(class_name) if class_name else None
-    with torch.enable_grad():
+    with torch.enable_grad(), network_failures(card.name):
         heat = cam(x=tensor, class_idx=index).detach().float()[0]  # (1, [D,] H, W), normalised to 0..1
     spatial = image.shape if card.spatial_dims == 3 else image.shape[1:]
     heat = resize_spatial(heat, spatial, card.spatial_dims)

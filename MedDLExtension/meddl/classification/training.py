@@ -15,10 +15,10 @@ import torch
 
 from ..device import select_compute
 from ..errors import InputError, OutputError
-from ..files import staged_folder
 from ..image import Image
 from ..models.card import card_from_dict
 from ..models.networks import build_monai_network
+from ..outputs import staged_folder
 from ..progress import Progress, no_progress
 from . import metrics
 from .predict import prepare

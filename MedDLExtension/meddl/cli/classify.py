@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ..errors import InputError
-from ..files import atomic_path, check_writable
+from ..errors import InputError, OutputError
 from ..io import read_image, write_image
+from ..outputs import OutputSet
 from ..protocol import Request, Result, options
-from .options import add_device, add_progress, add_trust
+from .options import add_device, add_progress, add_trust, voxel_counts
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--csv", required=True, help="columns: image, label (class name) and optional split")
     train.add_argument("--out", required=True, help="new folder for model.pt, model.json and metrics")
     train.add_argument("--architecture", default="densenet", choices=["densenet", "resnet", "efficientnet"])
-    train.add_argument("--size", default=None, help="input size, e.g. 64,64,64 or 224,224")
+    train.add_argument("--size", default=None, type=voxel_counts(2, 3), help="input size, e.g. 64,64,64 or 224,224")
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--batch-size", type=int, default=16)
     train.add_argument("--learning-rate", type=float, default=1e-3)
@@ -76,30 +76,42 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     add_progress(train)
 
 
+def saliency_names(inputs: list[str]) -> list[str]:
+    """One map name per input: its file stem, with the input's position added where two stems are the same."""
+    stems = [Path(path.rstrip("/\\")).name.split(".")[0] or "image" for path in inputs]
+    return [f"{stem}_{index + 1}_saliency.nii.gz" if stems.count(stem) > 1 else f"{stem}_saliency.nii.gz"
+            for index, stem in enumerate(stems)]
+
+
+def _declare_saliency(folder: Path, inputs: list[str], outputs: OutputSet) -> list[Path]:
+    """The saliency maps' paths; a new folder is created whole with them, an existing one receives them."""
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"--saliency {folder}: a file is there; give a folder for the maps")
+    if not folder.exists():
+        outputs.staged(outputs.add_folder(folder)).mkdir()
+    return [outputs.add(folder / name) for name in saliency_names(inputs)]
+
+
 def run_classify(args: argparse.Namespace, progress) -> ClassifyResult:
     from ..classification.predict import classifier_model, classify, saliency
 
-    output = Path(args.csv)
-    check_writable(output)
-    images = [read_image(path, allow_2d=True) for path in args.inputs]
-    model = classifier_model(args.model, args.trust_model)  # loaded once for every image and map
-    results = classify(images, model, args.device, args.inputs, progress=progress)
-    maps = []
-    if args.saliency:
-        folder = Path(args.saliency)
-        folder.mkdir(parents=True, exist_ok=True)
-        for path, image, result in zip(args.inputs, images, results):
-            target = folder / (Path(path).name.split(".")[0] + "_saliency.nii.gz")
-            write_image(saliency(image, model, args.class_name or result.predicted, args.device), target)
-            maps.append(str(target))
-    rows = [result.as_row() for result in results]
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_path(output) as temporary:
-        temporary.write_text(text.getvalue())
-    return ClassifyResult(str(output), maps, rows)
+    with OutputSet(inputs=args.inputs) as outputs:
+        output = outputs.add(args.csv)
+        maps = _declare_saliency(Path(args.saliency), args.inputs, outputs) if args.saliency else []
+        images = [read_image(path, allow_2d=True) for path in args.inputs]
+        model = classifier_model(args.model, args.trust_model)  # loaded once for every image and map
+        results = classify(images, model, args.device, args.inputs, progress=progress)
+        for target, image, result in zip(maps, images, results):
+            write_image(saliency(image, model, args.class_name or result.predicted, args.device), target,
+                        outputs=outputs)
+        rows = [result.as_row() for result in results]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        outputs.staged(output).write_text(text.getvalue())
+        outputs.commit()
+    return ClassifyResult(str(output), [str(path) for path in maps], rows)
 
 
 def read_training_csv(path: Path) -> tuple[list, list[int], list[str], list[str] | None]:
@@ -122,9 +134,11 @@ def read_training_csv(path: Path) -> tuple[list, list[int], list[str], list[str]
 def run_train(args: argparse.Namespace, progress) -> TrainClassifierResult:
     from ..classification.training import TrainingSettings, train_classifier
 
+    with OutputSet(inputs=[args.csv]) as outputs:  # checked before the images are read; written after training
+        outputs.add_folder(args.out)
     images, labels, classes, splits = read_training_csv(Path(args.csv))
     settings = TrainingSettings(
-        architecture=args.architecture, input_size=tuple(int(n) for n in args.size.split(",")) if args.size else None,
+        architecture=args.architecture, input_size=args.size,
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate, folds=args.folds,
         validation_fraction=args.validation_fraction, patience=args.patience, augment=not args.no_augment,
         class_weights=not args.no_class_weights, device=args.device)

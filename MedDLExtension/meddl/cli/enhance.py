@@ -10,10 +10,10 @@ from typing import Any, Optional
 
 from ..enhancement import KINDS
 from ..errors import InputError
-from ..files import check_writable
-from ..io import read_image, write_image
+from ..io import IMAGE_SUFFIXES, read_image, write_image
+from ..outputs import OutputSet
 from ..protocol import Request, Result, options
-from .options import add_device, add_progress, add_trust
+from .options import add_device, add_progress, add_trust, int_in
 
 METHODS = ("filter", "network")  # denoise: filter (the default) or network; super-resolution: network
 
@@ -75,7 +75,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                         help="denoise: grouped Wiener passes after the grouped hard thresholding of the image")
     parser.add_argument("--noise", choices=["auto", "rician", "gaussian"], default="auto",
                         help="denoise: the noise model (auto: rician, as in MR magnitude, unless a voxel is negative)")
-    parser.add_argument("--factor", type=int, default=None,
+    parser.add_argument("--factor", type=int_in(2, 16), default=None,
                         help="superres: through-plane upsampling factor (default: thick over in-plane spacing)")
     parser.add_argument("--save-model", default=None,
                         help="denoise with --method network: also write the self-trained network (.pt with its "
@@ -136,24 +136,30 @@ def run_enhance(args: argparse.Namespace, progress) -> EnhanceResult:
     from ..enhancement.pretrained import enhance_with_model, enhancement_kind
     from ..models.loading import load_model
 
-    check_writable(Path(args.output))
-    if args.save_model and args.task != "denoise":
-        raise InputError("--save-model keeps a self-trained denoiser: use it with --task denoise")
-    method = chosen_method(args)
-    image = read_image(args.input)
-    if args.model:
-        model = load_model(args.model, trust=args.trust_model)
-        if enhancement_kind(model) != args.task:
-            raise InputError(f"model {model.card.name!r} does {enhancement_kind(model)}, not {args.task}")
-        result, method, steps = enhance_with_model(image, model, args.device, progress), model.card.name, None
-    else:
-        result, steps = _self_calibrated(image, args, method, progress)
-    write_image(result, Path(args.output), compress=not args.no_compress)
+    with OutputSet(inputs=[args.input, args.model]) as outputs:
+        output = outputs.add(args.output, IMAGE_SUFFIXES)
+        if args.save_model and args.task != "denoise":
+            raise InputError("--save-model keeps a self-trained denoiser: use it with --task denoise")
+        if args.save_model:
+            saved = outputs.add(args.save_model, (".pt", ".pth"))
+            outputs.add(saved.with_suffix(".json"))
+            args = argparse.Namespace(**{**vars(args), "save_model": str(outputs.staged(saved))})
+        method = chosen_method(args)
+        image = read_image(args.input)
+        if args.model:
+            model = load_model(args.model, trust=args.trust_model)
+            if enhancement_kind(model) != args.task:
+                raise InputError(f"model {model.card.name!r} does {enhancement_kind(model)}, not {args.task}")
+            result, method, steps = enhance_with_model(image, model, args.device, progress), model.card.name, None
+        else:
+            result, steps = _self_calibrated(image, args, method, progress)
+        write_image(result, output, compress=not args.no_compress, outputs=outputs)
+        outputs.commit()
     settings = {"task": args.task, "method": method, "steps": steps, "factor": args.factor,
                 "spacing": list(result.spacing)}
     if args.task == "denoise" and not args.model:
         settings.update(wiener_passes=args.wiener_passes, noise=args.noise)
-    return EnhanceResult(str(args.output), settings)
+    return EnhanceResult(str(output), settings)
 
 
 RUNNERS = {"enhance": run_enhance}

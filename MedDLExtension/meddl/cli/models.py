@@ -14,7 +14,7 @@ from ..models import catalog, store
 from ..models.card import parse_label_names
 from ..protocol import Request, Result, options
 from ..tasks import task_names
-from .options import add_progress, add_trust
+from .options import add_progress, add_trust, voxel_counts
 
 # The import form: card fields a user may have to fill in (option name, label in Slicer's form, default).
 CARD_FORM = (("task", "Task", "segmentation"), ("channels", "Input channels", "1"),
@@ -91,7 +91,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     imported.add_argument("--task", default=None, choices=task_names(), help="card field 'task' if the card lacks it")
     imported.add_argument("--channels", type=int, default=None, help="input channels")
     imported.add_argument("--labels", default=None, help="labels as '1:Liver,2:Spleen'")
-    imported.add_argument("--roi", default=None, help="patch size as '96,96,96'")
+    imported.add_argument("--roi", default=None, type=voxel_counts(3), help="patch size as '96,96,96'")
     add_trust(imported)
     remove = actions.add_parser("remove", help="delete an installed model and free its disk space")
     remove.add_argument("id")
@@ -101,24 +101,34 @@ def _size(size: int | None) -> str:
     return "-" if size is None else f"{size / 1e6:.1f} MB"
 
 
+def _clean(text: Any) -> str:
+    """Text from a card or catalog made safe for a terminal: control characters (escape sequences, bidi
+    overrides) dropped, line breaks and tabs turned into spaces."""
+    return "".join(ch if ch.isprintable() else " " if ch.isspace() else "" for ch in str(text))
+
+
 def _card_fields(args: argparse.Namespace) -> dict:
     fields = {key: getattr(args, key) for key in ("name", "title", "task", "license", "description")}
     fields["input"] = {k: v for k, v in (("channels", args.channels), ("modality", args.modality)) if v is not None}
     if args.labels:
         fields["labels"] = [{"value": value, "name": name} for value, name in parse_label_names(args.labels).items()]
     if args.roi:
-        fields["inference"] = {"roi_size": [int(n) for n in args.roi.split(",")]}
+        fields["inference"] = {"roi_size": list(args.roi)}
     return {key: value for key, value in fields.items() if value not in (None, {}, "")}
 
 
 def run(args: argparse.Namespace, progress) -> LibraryResult:
+    store.clean_stale()  # what a killed install, import or removal left behind
     if args.action == "list":
         rows = model_rows(args.search, args.task, args.modality, args.body_part, True if args.installed else None)
-        if args.json:
+        if args.json:  # json.dumps escapes control characters (ensure_ascii)
             print(json.dumps([row.as_dict() for row in rows], indent=1))
         for row in [] if args.json else rows:
-            state = "installed" if row.installed else "available"
-            print(f"{row.id:36} {row.task:13} {row.modality:8} {state:10} {_size(row.size_bytes):>9}  {row.title}")
+            state = "broken" if row.broken else "installed" if row.installed else "available"
+            title = (row.title if not row.broken else f"{row.title} ({row.broken})" if row.origin == "catalog"
+                     else row.broken)
+            print(_clean(f"{row.id:36} {_clean(row.task):13} {_clean(row.modality):8} {state:10} "
+                         f"{_size(row.size_bytes):>9}  {_clean(title)}"))
         return LibraryResult("list", count=len(rows))
     if args.action == "info":
         rows = [row for row in model_rows() if row.id == args.id]
@@ -136,10 +146,10 @@ def run(args: argparse.Namespace, progress) -> LibraryResult:
             installed = install.install(args.id, progress, trust=args.trust_model)
         else:
             installed = install.import_model(Path(args.path), args.id, _card_fields(args), args.trust_model)
-            print(f"imported {installed.id} into {installed.folder}")
+            print(_clean(f"imported {installed.id} into {installed.folder}"))
         return LibraryResult(args.action, installed.id, str(installed.folder))
     freed = store.remove(args.id)
-    print(f"removed {args.id}: {_size(freed)} freed")
+    print(_clean(f"removed {args.id}: {_size(freed)} freed"))
     return LibraryResult("remove", args.id, freed_bytes=freed)
 
 

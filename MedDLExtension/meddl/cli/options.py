@@ -20,3 +20,39 @@ def add_device(parser: argparse.ArgumentParser) -> None:
 def add_trust(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-model", action="store_true",
                         help="allow a model that needs arbitrary code to load (only for sources you trust)")
+
+
+def voxel_counts(*lengths: int, keyword: str = ""):
+    """An argparse `type` for 'i,j,k' voxel counts: a tuple of `lengths` positive integers (or `keyword` as
+    itself); anything else is argparse's one-line usage error (exit 2), not a traceback later on."""
+
+    def parse(text: str):
+        if keyword and text == keyword:
+            return text
+        try:
+            values = tuple(int(item) for item in text.split(","))
+        except ValueError:
+            values = ()
+        if len(values) not in lengths or min(values) < 1:
+            counts = " or ".join(str(n) for n in lengths)
+            raise argparse.ArgumentTypeError(f"expected {counts} positive integers separated by commas, "
+                                             f"e.g. {','.join(['96'] * lengths[-1])}, not {text!r}")
+        return values
+
+    parse.__name__ = "voxel counts"  # argparse names the type in its message when ArgumentTypeError is not used
+    return parse
+
+
+def int_in(low: int, high: int):
+    """An argparse `type` for an integer in low..high; anything else is argparse's one-line usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected an integer from {low} to {high}, not {text!r}")
+        return value
+
+    return parse

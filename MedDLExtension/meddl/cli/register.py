@@ -12,8 +12,8 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import InputError
-from ..files import check_writable
-from ..io import read_image, write_image
+from ..io import IMAGE_SUFFIXES, read_image, write_image
+from ..outputs import OutputSet
 from ..protocol import Request, Result, options
 from ..registration.field_files import write_displacement_field
 from .options import add_device, add_progress, add_trust
@@ -104,7 +104,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 def run_train_registration(args: argparse.Namespace, progress) -> TrainRegistrationResult:
     from ..registration.learned import RegistrationTrainingSettings, train_registration
 
-    check_writable(Path(args.out))
+    with OutputSet(inputs=args.images) as outputs:  # checked before training; written by train_registration
+        outputs.add(args.out, (".pt", ".pth"))
+        outputs.add(Path(args.out).with_suffix(".json"))
     settings = RegistrationTrainingSettings(steps=args.steps, time_budget_s=args.time_budget, device=args.device)
     out = train_registration([read_image(path) for path in args.images], Path(args.out), settings, progress)
     return TrainRegistrationResult(str(out), str(out.with_suffix(".json")))
@@ -130,39 +132,57 @@ def normalised_cross_correlation(fixed, moving_on_fixed) -> float:
     return float(a @ b / max(np.sqrt((a @ a) * (b @ b)), 1e-12))
 
 
+def _declare_outputs(args: argparse.Namespace, outputs: OutputSet) -> None:
+    """Check every output path before the work: a bad one fails now, not after the registration."""
+    outputs.add(args.out_transform, IMAGE_SUFFIXES)
+    for path in (args.out_warped, args.out_warped_labels):
+        if path:
+            outputs.add(path, IMAGE_SUFFIXES)
+    if args.out_report:
+        outputs.add(args.out_report)
+
+
+def _report(fixed, moving, warped, result, args: argparse.Namespace) -> dict[str, Any]:
+    from ..registration.fields import warp
+
+    identity = warp(moving, fixed, np.zeros_like(result.displacement))
+    return {"ncc_before": normalised_cross_correlation(fixed.array, identity.array),
+            "ncc_after": normalised_cross_correlation(fixed.array, warped.array), **result.metrics,
+            "method": args.method, "similarity": args.similarity}
+
+
 def run_register(args: argparse.Namespace, progress) -> RegisterResult:
     from ..registration.fields import warp
     from ..registration.optimise import RegistrationSettings
 
-    outputs = [args.out_transform, args.out_warped, args.out_warped_labels, args.out_report]
-    for path in filter(None, outputs):
-        check_writable(Path(path))
     if bool(args.moving_labels) != bool(args.out_warped_labels):
         raise InputError("--moving-labels and --out-warped-labels go together")
-    fixed, moving = read_image(args.fixed), read_image(args.moving)
-    labels = read_image(args.moving_labels) if args.moving_labels else None
-    if labels is not None and not labels.same_grid(moving):
-        raise InputError("the moving label map is not on the moving image's grid")
-    settings = RegistrationSettings(method=args.method, similarity=args.similarity, device=args.device)
-    if args.smoothness is not None:
-        settings = replace(settings, smoothness=args.smoothness)
-    if args.iterations:
-        settings = replace(settings, deformable_iterations=(args.iterations,))
-    result = _registered(fixed, moving, settings, args, progress)
-    warped = warp(moving, fixed, result.displacement)
-    identity = warp(moving, fixed, np.zeros_like(result.displacement))
-    report = {"ncc_before": normalised_cross_correlation(fixed.array, identity.array),
-              "ncc_after": normalised_cross_correlation(fixed.array, warped.array), **result.metrics,
-              "method": args.method, "similarity": args.similarity}
-    write_displacement_field(result.displacement, fixed, Path(args.out_transform))
-    if args.out_warped:
-        write_image(warped, Path(args.out_warped), compress=not args.no_compress)
-    if labels is not None:
-        write_image(warp(labels, fixed, result.displacement, labels=True), Path(args.out_warped_labels),
-                    compress=not args.no_compress)
-    if args.out_report:
-        Path(args.out_report).write_text(json.dumps(report, indent=1))
-    return RegisterResult(*(str(path) if path else None for path in outputs), report=report)
+    with OutputSet(inputs=[args.fixed, args.moving, args.moving_labels, args.model]) as outputs:
+        _declare_outputs(args, outputs)
+        fixed, moving = read_image(args.fixed), read_image(args.moving)
+        labels = read_image(args.moving_labels) if args.moving_labels else None
+        if labels is not None and not labels.same_grid(moving):
+            raise InputError("the moving label map is not on the moving image's grid")
+        settings = RegistrationSettings(method=args.method, similarity=args.similarity, device=args.device)
+        if args.smoothness is not None:
+            settings = replace(settings, smoothness=args.smoothness)
+        if args.iterations:
+            settings = replace(settings, deformable_iterations=(args.iterations,))
+        result = _registered(fixed, moving, settings, args, progress)
+        warped = warp(moving, fixed, result.displacement)
+        report = _report(fixed, moving, warped, result, args)
+        compress = not args.no_compress
+        write_displacement_field(result.displacement, fixed, Path(args.out_transform), outputs)
+        if args.out_warped:
+            write_image(warped, args.out_warped, compress, outputs)
+        if labels is not None:
+            write_image(warp(labels, fixed, result.displacement, labels=True), args.out_warped_labels, compress,
+                        outputs)
+        if args.out_report:
+            outputs.staged(args.out_report).write_text(json.dumps(report, indent=1))
+        outputs.commit()
+    paths = [args.out_transform, args.out_warped, args.out_warped_labels, args.out_report]
+    return RegisterResult(*(str(path) if path else None for path in paths), report=report)
 
 
 RUNNERS = {"register": run_register, "train-registration": run_train_registration}

@@ -7,6 +7,7 @@ import sys
 import traceback
 from typing import Callable
 
+from ..device import select_compute
 from ..errors import MeddlError
 from ..progress import JsonLinesProgress
 from ..protocol import Result
@@ -23,7 +24,11 @@ def runners() -> dict[str, Callable]:
 
 
 def execute(args: argparse.Namespace, progress) -> Result:
-    """Run one parsed command; raises MeddlError for problems the user can fix."""
+    """Run one parsed command; raises MeddlError for problems the user can fix.
+
+    A requested device is checked first, by every command, so that a wrong one fails before any work."""
+    if getattr(args, "device", "auto") not in (None, "auto", "cpu"):
+        select_compute(args.device)
     return runners()[args.command](args, progress)
 
 
@@ -35,19 +40,22 @@ def run_reported(args: argparse.Namespace, progress, protocol: JsonLinesProgress
     try:
         result = execute(args, progress)
     except MeddlError as error:
-        return _report_failure(protocol, type(error).__name__, str(error), error.exit_code, f"error: {error}")
+        return _report_failure(progress, protocol, type(error).__name__, str(error), error.exit_code, f"error: {error}")
     except KeyboardInterrupt:
-        return _report_failure(protocol, "Interrupted", "interrupted", 130, "interrupted")
+        return _report_failure(progress, protocol, "Interrupted", "interrupted", 130, "interrupted")
     except Exception as error:  # a bug or an unforeseen failure: still one clear line and a protocol event
+        getattr(progress, "end_line", lambda: None)()
         traceback.print_exc()
         message = f"unexpected error: {error!r}"
-        return _report_failure(protocol, "InternalError", message, 1, message)
+        return _report_failure(progress, protocol, "InternalError", message, 1, message)
     if protocol:
         protocol.emit("done", **result.as_event())
     return 0
 
 
-def _report_failure(protocol: JsonLinesProgress | None, kind: str, message: str, code: int, line: str) -> int:
+def _report_failure(progress, protocol: JsonLinesProgress | None, kind: str, message: str, code: int,
+                    line: str) -> int:
+    getattr(progress, "end_line", lambda: None)()  # the error starts its own line, not the bar's
     if protocol:
         protocol.emit("error", kind=kind, message=message, exit_code=code)
     print(f"meddl: {line}", file=sys.stderr)

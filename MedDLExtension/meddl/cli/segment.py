@@ -10,10 +10,11 @@ from typing import Any, Optional
 
 from ..errors import InputError
 from ..io import read_image
-from ..models import store
+from ..models import catalog, store
 from ..models.card import parse_label_names
+from ..outputs import OutputSet
 from ..protocol import Request, Result, options
-from .options import add_device, add_progress, add_trust
+from .options import add_device, add_progress, add_trust, voxel_counts
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--epochs", type=int, default=20)
     train.add_argument("--steps-per-epoch", type=int, default=20)
     train.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
-    train.add_argument("--patch-size", default="auto",
+    train.add_argument("--patch-size", default="auto", type=voxel_counts(3, keyword="auto"),
                        help="i,j,k voxels (default: about 64 mm per axis from the data's size and spacing)")
     train.add_argument("--batch-size", type=int, default=2)
     train.add_argument("--validate-every", type=int, default=5, help="epochs between validations")
@@ -139,9 +140,10 @@ def _pairs(images: list[str], labels: list[str]) -> list:
 def _destination(args: argparse.Namespace) -> tuple[Path, dict | None]:
     """The bundle folder, and the library record when it is trained straight into the model library."""
     if not args.install_as:
-        return Path(args.out), None
+        with OutputSet(inputs=[*args.images, *args.labels]) as outputs:  # checked now, written as training goes
+            return outputs.add_folder(args.out), None
     store.clean_stale()
-    model_id = store.check_new_id(args.install_as)
+    model_id = catalog.check_user_id(args.install_as, "--install-as")
     store.models_dir().mkdir(parents=True, exist_ok=True)
     record = {"id": model_id, "kind": "trained", "source": "meddl train", "model_path": ".", "trusted": False}
     return store.models_dir() / model_id, record
@@ -151,7 +153,7 @@ def run_train(args: argparse.Namespace, progress) -> TrainResult:
     from ..segmentation.training import SegmentationTrainingSettings, train_segmentation
 
     settings = SegmentationTrainingSettings(
-        patch_size=None if args.patch_size == "auto" else tuple(int(n) for n in args.patch_size.split(",")),
+        patch_size=None if args.patch_size == "auto" else args.patch_size,
         epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch, time_budget_s=args.time_budget, batch_size=args.batch_size,
         device=args.device, init_from=args.init_from, validate_every=args.validate_every, few_shot=args.few_shot)

@@ -18,9 +18,9 @@ import torch
 
 from ..device import select_compute
 from ..errors import ModelError
-from ..files import atomic_path
 from ..image import Image
 from ..models.loading import LoadedModel
+from ..outputs import OutputSet
 from ..progress import Progress, no_progress, scaled
 from ..tasks import require_task
 from . import KINDS
@@ -79,7 +79,7 @@ def enhance_with_model(image: Image, model: LoadedModel, device: str = "auto",
     flips = FLIPS if flip_average else FLIPS[:1]
     result = sum(infer(network, volume.flip(axes), card.roi_size or (64, 64, 64), card.overlap, card.sw_batch_size,
                        compute, card.out_channels, scaled(report, n / len(flips), (n + 1) / len(flips)),
-                       blend="gaussian").flip(axes)[0, 0] for n, axes in enumerate(flips)) / len(flips)
+                       blend="gaussian", name=card.name).flip(axes)[0, 0] for n, axes in enumerate(flips)) / len(flips)
     enhanced = scaling.back(np.ascontiguousarray(result.float().cpu().numpy().T))
     return upsampled_image(image, enhanced, axis, factor) if factor > 1 else image.with_array(enhanced)
 
@@ -100,8 +100,8 @@ def save_denoiser(network: torch.nn.Module, network_spec: dict, path: Path, nois
     card = denoiser_card(path.stem, network_spec, "trained by the user (see provenance)",
                          f"as in the training image: estimated sigma {noise_sigma:.4g} (intensity units)")
     card["provenance"] = f"meddl enhance, self-supervised (blind-spot) on {description}"
-    with atomic_path(path, ".pt") as temporary:
-        torch.save(network.state_dict(), temporary)
-        with atomic_path(path.with_suffix(".json")) as card_path:
-            card_path.write_text(json.dumps(card, indent=1))
+    with OutputSet() as outputs:  # the weights and their card appear together
+        torch.save(network.state_dict(), outputs.staged(path))
+        outputs.staged(path.with_suffix(".json")).write_text(json.dumps(card, indent=1))
+        outputs.commit()
     return path

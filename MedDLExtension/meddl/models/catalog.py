@@ -35,6 +35,23 @@ def has_entry(model_id: str) -> bool:
     return model_id in _entries()
 
 
+def reserved_by(model_id: str) -> str | None:
+    """The catalog id that `model_id` would stand for (compared without case: on macOS and Windows the
+    library folders would be the same), or None. Only `meddl models install` puts a catalog id in the library."""
+    return next((known for known in _entries() if known.lower() == model_id.lower()), None)
+
+
+def check_user_id(model_id: str, option: str = "--id") -> str:
+    """An id for the user's own model (imported or trained into the library): valid, not a catalogued model's
+    (reserved for `meddl models install`), and not taken. `option` is how the user gives another one."""
+    model_id = store.check_id(model_id)
+    reserved = reserved_by(model_id)
+    if reserved:
+        raise ModelError(f"{model_id!r} is the id of a catalogued model and is reserved for it (`meddl models "
+                         f"install {reserved}`); choose another, e.g. {option} my-{model_id}")
+    return store.check_new_id(model_id)
+
+
 def get_entry(model_id: str) -> dict[str, Any]:
     if model_id not in _entries():
         raise ModelError(f"no catalogued model {model_id!r}; known: {', '.join(entry_ids())}")
@@ -68,9 +85,14 @@ def entry_files(model_id: str) -> dict[str, Path]:
 
 
 def is_installed(model_id: str) -> bool:
-    """Ready to run: its package is installed, or it is in the user's model folder."""
+    """Ready to run: its package is installed, or it was installed from the catalog into the user's model
+    folder (a folder of that name that is broken, or holds something else, does not count)."""
     if "python_package" not in get_entry(model_id)["source"]:
-        return store.installed(model_id) is not None
+        try:
+            installed = store.installed(model_id)
+        except ModelError:
+            return False
+        return installed is not None and installed.record.get("kind") == "catalog"
     try:
         entry_files(model_id)
     except ModelError:

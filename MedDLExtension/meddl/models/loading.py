@@ -6,8 +6,12 @@ all produce the same `LoadedModel`, so every task and front end runs every forma
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -26,11 +30,6 @@ from .networks import (
     state_dict_of,
 )
 
-
-def _installed(model_id: str) -> store.InstalledModel | None:
-    return store.installed(model_id) if store.ID_PATTERN.match(model_id) else None
-
-
 _cache: OrderedDict[tuple, LoadedModel] = OrderedDict()
 _cache_size = 0
 
@@ -43,25 +42,85 @@ def set_model_cache_size(size: int) -> None:
         _cache.popitem(last=False)
 
 
-def _cache_key(reference: str, trust: bool, card: str | Path | None) -> tuple:
-    """A key that changes when the model's files change on disk."""
-    path = Path(reference)
-    files = [p for p in ([path] if path.is_file() else path.rglob("*") if path.is_dir() else []) if p.is_file()]
+@dataclass(frozen=True)
+class _Resolved:
+    """What a reference names: a file or folder, a model of the library, or a catalog entry whose weights
+    come with a Python package."""
+
+    path: Optional[Path] = None
+    installed: Optional[store.InstalledModel] = None
+    entry: Optional[str] = None
+
+
+def _resolve(text: str) -> _Resolved:
+    """An existing path wins; a catalog id is the catalog's model (a library folder of that name counts only
+    when it was installed from the catalog); any other id is a library model. ModelError when none exists."""
+    try:
+        exists = Path(text).exists()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL character
+        exists = False
+    if exists:
+        return _Resolved(path=Path(text))
+    if store.ID_PATTERN.match(text):
+        if catalog.has_entry(text):
+            if "python_package" in catalog.get_entry(text)["source"]:
+                return _Resolved(entry=text)
+            installed = store.installed(text)
+            if installed is None or installed.record.get("kind") != "catalog":
+                raise ModelError(f"model {text!r} is not installed: `meddl models install {text}` downloads it")
+            return _Resolved(installed=installed)
+        installed = store.installed(text)
+        if installed is not None:
+            return _Resolved(installed=installed)
+    known = ", ".join(catalog.entry_ids())
+    raise ModelError(f"model not found: {text!r} is neither a catalogued model ({known}), a model of the library "
+                     f"({store.models_dir()}) nor a file or folder")
+
+
+def _stamps(files) -> tuple:
+    """Identity of files on disk: path, size, modification time and inode."""
+    stamps = []
+    for path in files:
+        try:
+            stat = Path(path).stat()
+        except OSError:
+            continue
+        stamps.append((str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino))
+    return tuple(stamps)
+
+
+def _tree(path: Path) -> list[Path]:
+    return [p for p in ([path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []) if p.is_file()]
+
+
+def _cache_key(resolved: _Resolved, trust: bool, card: str | Path | None) -> tuple:
+    """A key that changes when the model's files change on disk, or when a library id names another install
+    (removed and imported again: a new record, new files)."""
+    if resolved.entry is not None:
+        return "catalog", resolved.entry, _stamps(catalog.entry_files(resolved.entry).values())
+    if resolved.installed is not None:
+        model = resolved.installed
+        record = json.dumps(model.record, sort_keys=True, default=str)
+        return ("library", model.id, str(model.folder), trust, hashlib.sha256(record.encode()).hexdigest(),
+                _stamps(_tree(model.folder)))
+    path = resolved.path
+    files = _tree(path)
     if card or path.is_file():
         files.append(Path(card) if card else card_path_for(path))
-    stamps = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files if p.exists())
-    return reference, trust, str(card), stamps
+    return "path", str(path), trust, str(card), _stamps(files)
 
 
 def load_model(reference: str | Path, trust: bool = False, card: str | Path | None = None) -> LoadedModel:
-    """Load a catalogued model by id, a MONAI bundle folder, or a model file with its JSON card."""
+    """Load a catalogued model by id, a model of the library by id, a MONAI bundle folder, or a model file
+    with its JSON card."""
+    resolved = _resolve(str(reference))
     if _cache_size <= 0:
-        return _load(str(reference), trust, card)
-    key = _cache_key(str(reference), trust, card)
+        return _load(resolved, trust, card)
+    key = _cache_key(resolved, trust, card)
     if key in _cache:
         _cache.move_to_end(key)
         return _cache[key]
-    model = _load(str(reference), trust, card)
+    model = _load(resolved, trust, card)
     _cache[key] = model
     set_model_cache_size(_cache_size)
     return model
@@ -77,17 +136,19 @@ def _load_entry(model_id: str) -> LoadedModel:
     return LoadedModel(card, networks, entry["pipeline"], f"catalog:{model_id}")
 
 
-def _load(text: str, trust: bool, card: str | Path | None) -> LoadedModel:
-    if not Path(text).exists():
-        installed = _installed(text)
-        if installed is not None:  # the user's model folder, with the trust given at install time
-            return _load(str(installed.model_path), trust or installed.trusted, None)
-        if catalog.has_entry(text):
-            return _load_entry(text)
-    path = Path(text)
+def _load(resolved: _Resolved, trust: bool, card: str | Path | None) -> LoadedModel:
+    if resolved.entry is not None:
+        return _load_entry(resolved.entry)
+    if resolved.installed is not None:  # the user's model folder, with the trust given at install time
+        installed = resolved.installed
+        store.verify(installed)
+        return _load_path(installed.model_path, trust or installed.trusted, None)
+    return _load_path(resolved.path, trust, card)
+
+
+def _load_path(path: Path, trust: bool, card: str | Path | None) -> LoadedModel:
     if not path.exists():
-        known = ", ".join(catalog.entry_ids())
-        raise ModelError(f"model not found: {text!r} is neither a catalogued model ({known}) nor a file or folder")
+        raise ModelError(f"model not found: {path} does not exist")
     if path.is_dir():
         if not is_bundle(path):
             raise ModelError(f"folder {path} is not a MONAI bundle (no configs/metadata.json)")

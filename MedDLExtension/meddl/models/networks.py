@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import pickletools
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -44,10 +45,50 @@ def is_torchscript(path: Path) -> bool:
 
 
 def looks_like_checkpoint(path: Path) -> bool:
-    """torch.save writes a zip archive (or, in legacy format, a pickle starting with 0x80)."""
+    """torch.save writes a zip archive holding data.pkl (or, in the legacy format, pickles one after another,
+    the first starting with 0x80)."""
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return any(name == "data.pkl" or name.endswith("/data.pkl") for name in archive.namelist())
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return False
+    return starts_with_pickle(path)
+
+
+def starts_with_pickle(path: Path, pickles: int = 1) -> bool:
+    """True when the file begins with `pickles` whole, well-formed pickles (read opcode by opcode, nothing run)."""
     with open(path, "rb") as stream:
-        head = stream.read(2)
-    return zipfile.is_zipfile(path) or (len(head) == 2 and head[0] == 0x80)
+        if stream.read(1) != b"\x80":
+            return False
+        stream.seek(0)
+        return all(_one_pickle(stream) for _ in range(pickles))
+
+
+def _one_pickle(stream: Any, max_opcodes: int = 10_000_000) -> bool:
+    try:
+        for count, (opcode, _arg, _position) in enumerate(pickletools.genops(stream)):
+            if opcode.name == "STOP":
+                return True
+            if count >= max_opcodes:
+                return False
+    except Exception:  # genops raises ValueError and others on bytes that are not a pickle
+        return False
+    return False
+
+
+def _holds_a_pickle(path: Path) -> bool:
+    """The checkpoint's main pickle is well formed: data.pkl of a torch.save archive, or the fourth pickle of
+    the legacy format (magic number, protocol, system info, then the object)."""
+    if not zipfile.is_zipfile(path):
+        return starts_with_pickle(path, pickles=4)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next(n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl"))
+            with archive.open(name) as stream:
+                return _one_pickle(stream)
+    except Exception:  # no data.pkl, a damaged archive
+        return False
 
 
 def load_torchscript(path: Path) -> torch.nn.Module:
@@ -61,12 +102,12 @@ def load_torchscript(path: Path) -> torch.nn.Module:
 def load_checkpoint(path: Path, trust: bool) -> Any:
     """torch.load with weights_only=True; a pickle needing code loads only when trusted."""
     if not looks_like_checkpoint(path):
-        raise ModelError(f"model file {path} is corrupt or not a PyTorch checkpoint (neither a torch.save "
+        raise ModelError(f"model file {path} is corrupt or not a PyTorch model file (neither a torch.save "
                          "archive nor a pickle)")
     try:
         return torch.load(str(path), map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as error:
-        if "weights_only" in str(error) or "Weights only" in str(error):
+        if ("weights_only" in str(error) or "Weights only" in str(error)) and _holds_a_pickle(path):
             raise ModelError(
                 f"model file {path} holds pickled Python objects that can run code when loaded; "
                 "load it only if you trust its source (--trust-model / 'trust this model')"

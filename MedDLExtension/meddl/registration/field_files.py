@@ -5,23 +5,25 @@ Reading and writing need only SimpleITK, not torch, so Slicer's own process can 
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..files import atomic_path
 from ..image import Image
-from ..io import image_suffix
+from ..outputs import OutputSet, joined
 
 
-def write_displacement_field(displacement: np.ndarray, grid: Image, path) -> None:
-    """An ITK displacement-field image (vector pixels, LPS mm, fixed -> moving) on the fixed grid, whole."""
+def write_displacement_field(displacement: np.ndarray, grid: Image, path, outputs: Optional[OutputSet] = None) -> None:
+    """An ITK displacement-field image (vector pixels, LPS mm, fixed -> moving) on the fixed grid, whole (with
+    `outputs`, committed with the job's other outputs)."""
     field = sitk.GetImageFromArray(np.asarray(displacement, np.float64), isVector=True)
     field.SetSpacing(grid.spacing)
     field.SetOrigin(grid.origin)
     field.SetDirection(tuple(np.asarray(grid.direction, float).ravel()))
-    with atomic_path(path, image_suffix(path)) as temporary:
-        sitk.WriteImage(field, str(temporary), useCompression=str(path).endswith(".gz"))
+    with joined(outputs) as staging:
+        sitk.WriteImage(field, str(staging.staged(path)), useCompression=str(path).endswith(".gz"))
 
 
 def read_displacement_field(path) -> tuple[np.ndarray, Image]:

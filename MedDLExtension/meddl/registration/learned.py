@@ -19,10 +19,11 @@ import numpy as np
 import torch
 
 from ..device import select_compute
-from ..errors import InputError
-from ..files import atomic_path
+from ..errors import InputError, ModelError
 from ..image import Image
+from ..models.loaded import checked_output, network_failures
 from ..models.loading import LoadedModel
+from ..outputs import OutputSet
 from ..progress import Progress, no_progress, scaled
 from ..tasks import require_task
 from .fields import lps_points, sample
@@ -43,10 +44,17 @@ def _padded(volume: torch.Tensor) -> torch.Tensor:
 
 
 def predict_displacement(network: torch.nn.Module, fixed: torch.Tensor, moving: torch.Tensor,
-                         grid: Image) -> torch.Tensor:
-    """(3, k, j, i) LPS mm displacement on the fixed grid from the network's voxel displacement."""
-    shape = fixed.shape
-    _, voxels = network(_padded(moving)[None, None], _padded(fixed)[None, None])
+                         grid: Image, name: str = "") -> torch.Tensor:
+    """(3, k, j, i) LPS mm displacement on the fixed grid from the network's voxel displacement.
+
+    The network (VoxelMorph) returns (moved image, displacement); anything else is a ModelError naming `name`.
+    """
+    shape, padded = fixed.shape, (_padded(moving)[None, None], _padded(fixed)[None, None])
+    with network_failures(name):
+        output = network(*padded)
+    if not isinstance(output, (tuple, list)) or len(output) != 2:
+        raise ModelError(f"model {name!r} returned {type(output).__name__}, not (moved image, displacement)")
+    voxels = checked_output(output[1], name, 1, 3, padded[0].shape[2:])
     voxels = voxels[0, :, : shape[0], : shape[1], : shape[2]]  # channels: (dk, dj, di)
     linear = torch.from_numpy(grid.index_to_lps()[:3, :3]).to(voxels)
     return torch.einsum("ab,b...->a...", linear, voxels.flip(0))
@@ -65,7 +73,7 @@ def learned_register(fixed: Image, moving: Image, model: LoadedModel, refine: bo
     points = lps_points(fixed).float().to(registration.device)
     with torch.no_grad():
         moving_on_fixed = sample(registration.moving_volume[None], moving, affine(points))[0]
-        predicted = predict_displacement(network, registration.fixed_volume, moving_on_fixed, fixed)
+        predicted = predict_displacement(network, registration.fixed_volume, moving_on_fixed, fixed, model.card.name)
     report(0.6, "deformation predicted")
     if refine:
         registration.report = scaled(report, 0.6, 1.0)
@@ -151,7 +159,8 @@ def _save(network: torch.nn.Module, spec: dict, out: Path, count: int, shape: tu
             "registration": {"similarity": "lncc", "template_shape": list(shape)},
             "provenance": f"meddl train-registration: unsupervised (LNCC + bending energy) on {count} images, "
                           "each affinely aligned to the first"}
-    with atomic_path(out, ".pt") as weights, atomic_path(out.with_suffix(".json")) as card_path:
-        torch.save(network.state_dict(), weights)
-        card_path.write_text(json.dumps(card, indent=1))
+    with OutputSet() as outputs:  # the weights and their card appear together
+        torch.save(network.state_dict(), outputs.staged(out))
+        outputs.staged(out.with_suffix(".json")).write_text(json.dumps(card, indent=1))
+        outputs.commit()
     return out

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from ..files import staged_folder
 from ..models.formats import MEDDL_CARD
 from ..models.store import RECORD
+from ..outputs import staged_folder
 
 
 def bundle_configs(card: dict) -> tuple[dict, dict]:

@@ -7,12 +7,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..device import select_compute
-from ..files import atomic_path, check_writable
 from ..image import Image, blank_image
-from ..io import image_suffix, read_image, write_image
+from ..io import IMAGE_SUFFIXES, image_suffix, read_image, write_image
 from ..models.card import Label, ModelCard
 from ..models.catalog import default_model
 from ..models.loading import LoadedModel, load_model
+from ..outputs import OutputSet
 from ..progress import Progress, no_progress, scaled
 from ..tasks import require_task
 from .segmenters import make_segmenter
@@ -53,16 +53,17 @@ def labels_path_for(output: Path) -> Path:
 def segment_file(input_path: str | Path, output_path: str | Path, model: str | None = None,
                  device: str = "auto", progress: Progress | None = None, trust_model: bool = False,
                  compress: bool = True) -> SegmentationResult:
-    """Read, segment and write a label map and its labels sidecar; nothing is written on failure."""
-    output_path = Path(output_path)
-    check_writable(output_path)
+    """Read, segment and write a label map and its labels sidecar; both appear together or not at all."""
     report = progress or no_progress
-    image = read_image(input_path)
-    result = segment(image, model, device, scaled(report, 0.0, 0.95), trust_model)
-    sidecar = labels_path_for(output_path)
-    with atomic_path(sidecar) as temporary:
-        temporary.write_text(json.dumps({"model": result.card.name, "labels": result.label_table()}, indent=1))
-    write_image(result.labels, output_path, compress)
+    with OutputSet(inputs=[input_path]) as outputs:
+        output_path = outputs.add(output_path, IMAGE_SUFFIXES)
+        sidecar = outputs.add(labels_path_for(output_path))
+        image = read_image(input_path)
+        result = segment(image, model, device, scaled(report, 0.0, 0.95), trust_model)
+        write_image(result.labels, output_path, compress, outputs)
+        outputs.staged(sidecar).write_text(
+            json.dumps({"model": result.card.name, "labels": result.label_table()}, indent=1))
+        outputs.commit()
     report(1.0, "written")
     return result
 

@@ -19,7 +19,8 @@ from ..image import Image, check_volume
 from ..inference.postprocess import clean_labels, largest_component
 from ..inference.preprocess import finite, normalise, quantile_range, quantile_zscore, resize, shape_for_spacing
 from ..inference.sliding_window import infer
-from ..models.card import ModelCard
+from ..models.card import MAX_VOXELS, ModelCard
+from ..models.loaded import checked_output, network_failures
 from ..models.loading import LoadedModel
 from ..orientation import Reorientation
 from ..progress import Progress, no_progress, scaled
@@ -74,10 +75,10 @@ class SlidingWindowSegmenter(Segmenter):
         card, shape = self.card, tuple(volume.shape[1:])
         volume = stack_channels([normalise(channel, card.intensity) for channel in volume])
         if card.spacing:
-            volume = resize(volume, shape_for_spacing(shape, spacing, card.spacing), "trilinear")
+            volume = resize(volume, self._grid_at_card_spacing(shape, spacing), "trilinear")
         roi = card.roi_size or DEFAULT_ROI
         logits = infer(self.networks["network"], volume[None], roi, card.overlap, card.sw_batch_size,
-                       self.compute, card.out_channels, progress)[0]
+                       self.compute, card.out_channels, progress, name=card.name)[0]
         if logits.shape[0] != card.out_channels:
             raise ModelError(f"the model produced {logits.shape[0]} output channel(s) but its card's labels "
                              f"need {card.out_channels}")
@@ -86,6 +87,18 @@ class SlidingWindowSegmenter(Segmenter):
             labels = resize(labels.float(), shape, "nearest-exact").to(torch.uint8)
         values = [label.value for label in card.labels]
         return clean_labels(labels.cpu().numpy(), values, card.largest_component, card.fill_holes)
+
+    def _grid_at_card_spacing(self, shape: tuple[int, ...], spacing: tuple[float, ...]) -> tuple[int, ...]:
+        """The grid the card's spacing resamples the image to, refused before allocation when absurdly large."""
+        card = self.card
+        with np.errstate(over="ignore", divide="ignore"):
+            sizes = np.maximum(1.0, np.asarray(shape) * np.asarray(spacing) / np.asarray(card.spacing))
+            voxels = float(np.prod(sizes))
+        if not np.isfinite(voxels) or voxels > MAX_VOXELS:
+            raise ModelError(f"model {card.name!r} expects a spacing of {list(card.spacing)} mm: this image "
+                             f"({'x'.join(map(str, shape))} voxels of {'x'.join(f'{s:g}' for s in spacing)} mm) would "
+                             f"become about {voxels:.3g} voxels, more than {MAX_VOXELS}")
+        return shape_for_spacing(shape, spacing, card.spacing)
 
     def _labels_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
         card = self.card
@@ -111,15 +124,17 @@ class LocaliserCascadeSegmenter(Segmenter):
         def norm(t: torch.Tensor) -> torch.Tensor:
             return quantile_zscore(t, low, high, card.intensity.get("scale", 1.0), card.intensity.get("shift", 0.0))
 
-        with torch.inference_mode():
-            located = self.networks["localiser"](norm(small)[None, None])[0, foreground]
+        with torch.inference_mode(), network_failures(card.name):
+            located = checked_output(self.networks["localiser"](norm(small)[None, None]), card.name, 1, None,
+                                     small.shape)[0, foreground]
             progress(0.3, "localised")
             rough = largest_component((located > 0.5).cpu().numpy())
             box = bounding_box(rough, tuple(x.shape), float(spec.get("box_margin", 0.1)),
                                float(spec.get("box_profile_threshold", 0.02)))
             crop = x[box]
             detail = resize(crop, tuple(spec["segmenter_shape"]), "nearest-exact")
-            scores = self.networks["segmenter"](norm(detail)[None, None])[0, foreground]
+            scores = checked_output(self.networks["segmenter"](norm(detail)[None, None]), card.name, 1, None,
+                                    detail.shape)[0, foreground]
             progress(0.85, "segmented")
             scores = resize(scores, tuple(crop.shape), "nearest-exact")
         labels = np.zeros(tuple(x.shape), dtype=np.uint8)

@@ -11,6 +11,7 @@ import SimpleITK as sitk
 from meddl.errors import InputError, OutputError
 from meddl.image import Image, check_volume, image_from_index_to_ras
 from meddl.io import image_from_sitk, read_image, write_image
+from meddl_testing import write_dicom_series
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
@@ -36,28 +37,7 @@ def test_index_to_ras_inverts(oblique_image):
 
 def test_dicom_folder(tmp_path, oblique_image):
     """A DICOM series written slice by slice reads back as one volume with its geometry."""
-    volume = sitk.Cast(sitk.GetImageFromArray(oblique_image.array.astype(np.int16)), sitk.sitkInt16)
-    volume.SetSpacing(oblique_image.spacing)
-    volume.SetOrigin(oblique_image.origin)
-    volume.SetDirection(tuple(oblique_image.direction.ravel()))
-    direction = oblique_image.direction
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(volume.GetDepth()):
-        slice_image = volume[:, :, k]
-        position = volume.TransformIndexToPhysicalPoint((0, 0, k))
-        tags = {
-            "0020|000e": "1.2.826.0.1.3680043.2.1125.1.1", "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
-            "0008|0060": "MR", "0020|0013": str(k + 1),
-            "0020|0032": "\\".join(f"{p:.6f}" for p in position),
-            "0020|0037": "\\".join(f"{v:.8f}" for v in (*direction[:, 0], *direction[:, 1])),
-            "0018|0050": str(oblique_image.spacing[2]),
-            "0008|0018": f"1.2.826.0.1.3680043.2.1125.1.2.{k + 1}",
-        }
-        for tag, value in tags.items():
-            slice_image.SetMetaData(tag, value)
-        writer.SetFileName(str(tmp_path / f"slice{k:03d}.dcm"))
-        writer.Execute(slice_image)
+    write_dicom_series(oblique_image, tmp_path)
     image = read_image(tmp_path)
     np.testing.assert_array_equal(image.array, oblique_image.array.astype(np.int16))
     np.testing.assert_allclose(image.index_to_lps(), oblique_image.index_to_lps(), atol=1e-3)

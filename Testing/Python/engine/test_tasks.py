@@ -38,9 +38,11 @@ def test_the_parser_and_the_runners_offer_the_same_commands():
     assert choices == set(runners()) | {"worker"}
 
 
-def test_catalog_schema_lists_exactly_the_registered_tasks():
+def test_catalog_and_card_schemas_list_exactly_the_registered_tasks():
     schema = json.loads((ROOT / "Resources" / "Schemas" / "meddl-model-catalog.schema.json").read_text())
     assert tuple(schema["$defs"]["task"]["enum"]) == tuple(TASKS)
+    card_schema = json.loads((ROOT / "MedDLExtension" / "meddl" / "models" / "card.schema.json").read_text())
+    assert tuple(card_schema["$defs"]["task"]["enum"]) == tuple(TASKS)
 
 
 def test_cards_follow_the_tasks_label_rules():

@@ -14,6 +14,7 @@ def test_fresh_slicer_gets_torch_through_pytorch_utils_then_pinned_monai_without
     steps = install_plan(lambda module: module in present)
     assert steps[0] == InstallStep("torch", ">=2.1")
     assert InstallStep("pip", "monai==1.6.1", no_deps=True) in steps
+    assert InstallStep("pip", "jsonschema>=4.18") in steps  # the engine validates model cards with it
     assert all(step.requirement.split("=")[0] not in SLICER_OWNED for step in steps)
     assert "PyTorch" in describe(steps) and "monai==1.6.1" in describe(steps)
 

@@ -72,6 +72,18 @@ def test_non_linear_parent_transform_is_refused(scene, oblique_image):
         image_from_volume_node(node)
 
 
+def test_shearing_parent_transform_is_refused(scene, oblique_image):
+    """A shear composed into IJKToRAS would be coerced to a rotation, moving results off the volume's voxels."""
+    node = volume_node_from_image(scene, oblique_image, "sheared")
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    shear = vtk.vtkMatrix4x4()
+    shear.SetElement(0, 1, 0.4)
+    transform.SetMatrixTransformToParent(shear)
+    node.SetAndObserveTransformNodeID(transform.GetID())
+    with pytest.raises(InputError, match="sheared"):
+        image_from_volume_node(node)
+
+
 def test_reading_does_not_change_the_node(scene, oblique_image):
     node = volume_node_from_image(scene, oblique_image, "kept")
     modified = node.GetMTime()
