@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.meddl-installed
 
-.PHONY: demo test lint benchmark benchmark-classification benchmark-training benchmark-enhancement clean
+.PHONY: demo test lint benchmark benchmark-classification benchmark-training benchmark-enhancement benchmark-nnunet clean
 
 $(STAMP): pyproject.toml constraints.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml constraints.txt requirements-dev.txt
 	$(PIP) install -c constraints.txt -r requirements-dev.txt
 	# deepbet without its GUI dependencies: MedDL only needs its weights and reference pipeline
 	$(PIP) install -c constraints.txt --no-deps deepbet
+	# nnU-Net v2 without timm/torchvision (dynamic_network_architectures requires timm, whose torchvision
+	# wheel does not match the CPU torch build; nnU-Net's U-Nets need neither): its real dependencies are in
+	# requirements-dev.txt
+	$(PIP) install -c constraints.txt --no-deps nnunetv2 dynamic_network_architectures
 	$(PIP) install --no-deps --no-build-isolation -e .
 	# the unrelated PyPI package `slicer` would shadow slicer-core's `slicer`
 	! $(PY) -m pip show -q slicer 2>/dev/null
@@ -37,6 +41,9 @@ benchmark-training: $(STAMP)
 
 benchmark-enhancement: $(STAMP)
 	$(PY) benchmarks/enhancement.py
+
+benchmark-nnunet: $(STAMP)
+	$(PY) benchmarks/nnunet.py
 
 clean:
 	rm -rf $(VENV) demo-output

@@ -15,6 +15,12 @@ TORCH_REQUIREMENT = ">=2.1"
 PINNED_PACKAGES = {"monai": "monai==1.6.1"}
 # Requirements of the pinned packages, installed only when missing (never upgraded).
 SECONDARY_PACKAGES = {"numpy": "numpy", "scipy": "scipy", "jsonschema": "jsonschema>=4.18"}
+# nnU-Net v2 models only, on their first use: nnunetv2 and its network library pinned and without their
+# dependencies (which would pull torchvision, timm and a matching torch), then only the packages its
+# preprocessing and inference import, when missing.
+NNUNET_PINNED = {"nnunetv2": "nnunetv2==2.8.1", "dynamic_network_architectures": "dynamic_network_architectures==0.4.4"}
+NNUNET_SECONDARY = {"acvl_utils": "acvl_utils==0.2.6", "batchgenerators": "batchgenerators==0.25.5",
+                    "skimage": "scikit-image", "pandas": "pandas", "blosc2": "blosc2", "nibabel": "nibabel"}
 # Packages Slicer ships and MedDL must never reinstall.
 SLICER_OWNED = ("numpy", "SimpleITK", "vtk")
 
@@ -32,15 +38,20 @@ def is_installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def install_plan(installed: Callable[[str], bool] = is_installed) -> list[InstallStep]:
-    """What is missing, in installation order; empty when everything is there."""
+def install_plan(installed: Callable[[str], bool] = is_installed, nnunet: bool = False) -> list[InstallStep]:
+    """What is missing, in installation order; empty when everything is there. `nnunet`: also what nnU-Net v2
+    models need."""
     steps = []
     if not installed("torch"):
         steps.append(InstallStep("torch", TORCH_REQUIREMENT))
-    for module, requirement in PINNED_PACKAGES.items():
+    pinned, secondary = dict(PINNED_PACKAGES), dict(SECONDARY_PACKAGES)
+    if nnunet:
+        pinned.update(NNUNET_PINNED)
+        secondary.update(NNUNET_SECONDARY)
+    for module, requirement in pinned.items():
         if not installed(module):
             steps.append(InstallStep("pip", requirement, no_deps=True))
-    for module, requirement in SECONDARY_PACKAGES.items():
+    for module, requirement in secondary.items():
         if not installed(module) and module not in SLICER_OWNED:
             steps.append(InstallStep("pip", requirement))
     return steps
@@ -51,9 +62,9 @@ def describe(steps: list[InstallStep]) -> str:
     return f"MedDL needs these Python packages, which will be downloaded and installed: {names}."
 
 
-def ensure_dependencies(confirm: Callable[[str], bool]) -> bool:
+def ensure_dependencies(confirm: Callable[[str], bool], nnunet: bool = False) -> bool:
     """Inside Slicer: install what is missing if `confirm(message)` says yes. True when ready."""
-    steps = install_plan()
+    steps = install_plan(nnunet=nnunet)
     if not steps:
         return True
     if not confirm(describe(steps)):
@@ -70,4 +81,4 @@ def ensure_dependencies(confirm: Callable[[str], bool]) -> bool:
                 return False
         else:
             slicer.util.pip_install(f"{step.requirement} --no-deps" if step.no_deps else step.requirement)
-    return not install_plan()
+    return not install_plan(nnunet=nnunet)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from meddl.cli.segment import SegmentRequest, SegmentResult
@@ -22,20 +23,27 @@ class SegmentationJob(FolderJob):
     """
 
     def __init__(self, scene, input_volume, model: str | None = None, device: str = "auto",
-                 output_segmentation=None, trust_model: bool = False) -> None:
+                 output_segmentation=None, trust_model: bool = False, more_volumes: Sequence = (),
+                 fast: bool = False) -> None:
+        """`more_volumes`: the further input channels of a multi-channel model, in its order (each is resampled
+        onto `input_volume`'s grid); `fast`: no test-time augmentation (nnU-Net's mirroring)."""
         self.scene = scene
         self.input_volume = input_volume
         self.output_segmentation = output_segmentation
-        image = image_from_volume_node(input_volume)
-        check_volume(image, what=f"volume {input_volume.GetName()!r}")
+        images = [image_from_volume_node(node) for node in (input_volume, *more_volumes)]
+        for node, image in zip((input_volume, *more_volumes), images):
+            check_volume(image, what=f"volume {node.GetName()!r}")
         super().__init__("meddl-job-")
         try:
-            self.input_path = write_image(image, self.folder / "input.nrrd", compress=False)
+            paths = [write_image(image, self.folder / f"input{index}.nrrd", compress=False)
+                     for index, image in enumerate(images)]
         except Exception:
             self.clean_up()
             raise
+        self.input_path = paths[0]
         request = SegmentRequest(str(self.input_path), str(self.folder / "labels.nrrd"), str(model) if model else None,
-                                 device, trust_model, compress=False)
+                                 device, trust_model, compress=False, fast=fast,
+                                 more_inputs=tuple(str(path) for path in paths[1:]))
         self._start(request, device)
         self.segmentation_node = None
 

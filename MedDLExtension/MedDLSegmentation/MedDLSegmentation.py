@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import ctk
 import slicer
 from meddl.device import DEVICE_CHOICES
-from meddl.models import catalog
+from meddl.models import catalog, store
+from meddl.models.formats import nnunet_results_folder
 from MedDLLib.jobs import JobState, finish_within
 from MedDLLib.segmentation_job import SegmentationJob
 from MedDLLib.training_job import TrainingJob
@@ -51,6 +53,10 @@ class MedDLSegmentationParameterNode:
     model: str = catalog.default_model("segmentation")
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
     outputSegmentation: vtkMRMLSegmentationNode
+    channel2Volume: vtkMRMLScalarVolumeNode
+    channel3Volume: vtkMRMLScalarVolumeNode
+    channel4Volume: vtkMRMLScalarVolumeNode
+    fast: bool = False
     trainVolume: vtkMRMLScalarVolumeNode
     trainSegmentation: vtkMRMLSegmentationNode
     holdOutLast: bool = True
@@ -58,6 +64,16 @@ class MedDLSegmentationParameterNode:
     fineTune: bool = False
     trainEpochs: int = 50
     trainMinutes: float = 10.0
+
+
+def uses_nnunet(model: str) -> bool:
+    """Whether `model` (a path or a library id) is an nnU-Net v2 results folder, which needs nnunetv2."""
+    try:
+        installed = store.installed(model) if store.ID_PATTERN.match(model or "") else None
+        path = installed.model_path if installed else Path(model or "")
+        return path.is_dir() and nnunet_results_folder(path) is not None
+    except Exception:  # noqa: BLE001 - a broken entry or an odd path: the job reports it
+        return False
 
 
 class MedDLSegmentationWidget(MedDLWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -95,12 +111,15 @@ class MedDLSegmentationWidget(MedDLWidgetMixin, ScriptedLoadableModuleWidget, VT
         self.ui.trainButton.enabled = bool(self.trainingPairs) and not self.isRunning()
 
     def onApplyButton(self) -> None:
-        if not self.dependenciesReady():
-            return
         parameters = self._parameterNode
         model = self.ui.modelPathLineEdit.currentPath or parameters.model
+        if not self.dependenciesReady(nnunet=uses_nnunet(model)):
+            return
         try:
-            job = self.logic.start(parameters.inputVolume, model, parameters.device, parameters.outputSegmentation)
+            more = [node for node in (parameters.channel2Volume, parameters.channel3Volume, parameters.channel4Volume)
+                    if node]
+            job = self.logic.start(parameters.inputVolume, model, parameters.device, parameters.outputSegmentation,
+                                   more_volumes=more, fast=parameters.fast)
         except Exception as error:
             slicer.util.errorDisplay(_("Cannot start segmentation: {error}").format(error=error))
             return
@@ -156,9 +175,11 @@ class MedDLSegmentationLogic(ScriptedLoadableModuleLogic):
         return MedDLSegmentationParameterNode(super().getParameterNode())
 
     def start(self, inputVolume, model: Optional[str] = None, device: str = "auto",
-              outputSegmentation=None) -> SegmentationJob:
-        """Start a background job; poll it (or wait) and call finish() to get the node."""
-        return SegmentationJob(slicer.mrmlScene, inputVolume, model, device, outputSegmentation)
+              outputSegmentation=None, more_volumes=(), fast: bool = False) -> SegmentationJob:
+        """Start a background job; poll it (or wait) and call finish() to get the node. `more_volumes`: the
+        further channels of a multi-channel model, in its order; `fast`: no test-time augmentation."""
+        return SegmentationJob(slicer.mrmlScene, inputVolume, model, device, outputSegmentation,
+                               more_volumes=more_volumes, fast=fast)
 
     def startTraining(self, pairs, modelName: str, epochs: int = 50, minutes: float = 0.0, device: str = "auto",
                       initFrom: Optional[str] = None, validationPairs=()) -> TrainingJob:
@@ -167,9 +188,9 @@ class MedDLSegmentationLogic(ScriptedLoadableModuleLogic):
                            validationPairs)
 
     def process(self, inputVolume, model: Optional[str] = None, device: str = "auto",
-                outputSegmentation=None, timeout: Optional[float] = None):
+                outputSegmentation=None, timeout: Optional[float] = None, more_volumes=(), fast: bool = False):
         """Segment and wait for the result (scripts and tests); raises with the worker's message."""
-        job = self.start(inputVolume, model, device, outputSegmentation)
+        job = self.start(inputVolume, model, device, outputSegmentation, more_volumes, fast)
         return finish_within(job, timeout, "segmentation")
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import zipfile
+from pathlib import Path
 from typing import Callable
 
 import qt
 import slicer
 from meddl.models import catalog
+from meddl.models.formats import nnunet_results_folder
+from MedDLLib.dependencies import ensure_dependencies
 from MedDLLib.jobs import EngineJob
 from MedDLLib.model_library import CARD_FORM, library_rows, remove_model, start_import, start_install
 
@@ -16,6 +20,18 @@ ID_ROLE = qt.Qt.UserRole
 
 def _size(size) -> str:
     return "" if size is None else f"{size / 1e6:.0f} MB"
+
+
+def is_nnunet_source(path: Path) -> bool:
+    """An nnU-Net v2 results folder, or a zip holding one (as nnUNetv2_export_model_to_zip makes): it needs
+    nnunetv2, installed on first use."""
+    if path.is_dir():
+        return nnunet_results_folder(path) is not None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("plans.json") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 class ModelLibraryPanel:
@@ -101,11 +117,14 @@ class ModelLibraryPanel:
 
     def onImport(self, folder: bool) -> None:
         if folder:
-            path = qt.QFileDialog.getExistingDirectory(None, "Import a MONAI bundle folder")
+            path = qt.QFileDialog.getExistingDirectory(None, "Import a MONAI bundle or nnU-Net v2 results folder")
         else:
             path = qt.QFileDialog.getOpenFileName(None, "Import a model", "",
                                                   "Models (*.zip *.ts *.pt *.pth);;All files (*)")
         if not path:
+            return
+        if is_nnunet_source(Path(path)) and not ensure_dependencies(
+                lambda message: slicer.util.confirmOkCancelDisplay(message), nnunet=True):
             return
         form = self._askCardFields(path)
         if form is None:

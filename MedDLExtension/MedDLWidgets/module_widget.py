@@ -43,9 +43,10 @@ class MedDLWidgetMixin:
     def _runLibraryJob(self, job, title: str, done) -> None:
         self.runner.start(job, title, lambda _result: done())
 
-    def dependenciesReady(self) -> bool:
-        """Offer the first-use install of MedDL's Python packages; False (and a status line) if declined."""
-        if ensure_dependencies(lambda message: slicer.util.confirmOkCancelDisplay(message)):
+    def dependenciesReady(self, nnunet: bool = False) -> bool:
+        """Offer the first-use install of MedDL's Python packages (`nnunet`: with those nnU-Net models need);
+        False (and a status line) if declined."""
+        if ensure_dependencies(lambda message: slicer.util.confirmOkCancelDisplay(message), nnunet):
             return True
         self.ui.statusLabel.text = _("MedDL's Python packages are not installed.")
         return False

@@ -87,3 +87,22 @@ def write_image(image: Image, path: str | Path, compress: bool = True, outputs: 
         except RuntimeError as error:
             raise OutputError(f"cannot write {path}: {first_line(error)}") from None
     return path
+
+
+def stack_channels_onto(first: Image, others: list[Image]) -> Image:
+    """One multi-channel image on `first`'s grid: `first`, then each of `others` resampled onto it (linear
+    interpolation, zero outside), in the order given (the model's channel order)."""
+    if not others:
+        return first
+    reference = image_to_sitk(first)
+    channels = [first.array.astype(np.float32, copy=False)]
+    for other in others:
+        if other.array.ndim != 3:
+            raise InputError(f"an extra input has {other.channels} channels; give each channel as its own volume")
+        if other.same_grid(first):
+            channels.append(other.array.astype(np.float32, copy=False))
+            continue
+        moved = sitk.Resample(image_to_sitk(other.with_array(other.array.astype(np.float32))), reference,
+                              sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        channels.append(sitk.GetArrayFromImage(moved))
+    return first.with_array(np.stack(channels, axis=-1))

@@ -1,7 +1,8 @@
-"""Shared fixtures: an oblique anisotropic image and the real MNI152 files."""
+"""Shared fixtures: an oblique anisotropic image, the real MNI152 files, genuine nnU-Net results folders."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -27,3 +28,17 @@ def private_model_folder(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def mni() -> dict[str, Path]:
     return mni152_paths()
+
+
+@pytest.fixture(scope="session")
+def nnunet_results():
+    """kind -> nnU-Net v2 results folder (Trainer__Plans__configuration), trained by nnU-Net on first use.
+
+    Kinds: "3d", "3d-2folds", "2d", "two-channel", "regions" (see nnunet_folders.KINDS). Built lazily and cached
+    across sessions, so tests that do not call it pay nothing.
+    """
+    if importlib.util.find_spec("nnunetv2") is None:
+        pytest.skip("nnunetv2 is not installed (make test installs it: requirements-dev.txt, Makefile)")
+    import nnunet_folders
+
+    return lambda kind: nnunet_folders.make_results_folder(None, kind)

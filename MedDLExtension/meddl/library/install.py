@@ -15,11 +15,12 @@ from typing import Any, Callable, Optional
 from ..errors import ModelError
 from ..models import catalog, store
 from ..models.card import card_from_dict, missing_fields
-from ..models.formats import MEDDL_CARD, MODEL_SUFFIXES, is_bundle
+from ..models.formats import MEDDL_CARD, MODEL_SUFFIXES, is_bundle, nnunet_results_folder
 from ..models.loading import load_model
+from ..outputs import atomic_path
 from ..progress import Progress, no_progress, scaled
 from ..tasks import get_task
-from .download import download
+from .download import download, file_hash
 
 ZOO_URL = "https://github.com/Project-MONAI/model-zoo/releases/download/hosting_storage_v1/{name}_v{version}.zip"
 MAX_UNPACKED_BYTES = 20 * 10**9  # an imported archive's unpacked size; MEDDL_MAX_UNPACKED_BYTES overrides it
@@ -69,7 +70,10 @@ def install(model_id: str, progress: Optional[Progress] = None, should_stop: Cal
     url, checksum = _source_url(source), source.get("checksum")
     downloads = store.models_dir() / ".downloads"
     downloads.mkdir(parents=True, exist_ok=True)
+    if checksum is None:
+        report(0.0, "no checksum from the publisher: recording the download's SHA-256")
     archive = download(url, downloads / f"{model_id}.zip", checksum, scaled(report, 0.0, 0.8), should_stop)
+    checksum = checksum or first_seen_checksum(model_id, url, archive)
     staging = store.staging_folder(model_id)
     try:
         size = entry.get("size_bytes")
@@ -83,6 +87,31 @@ def install(model_id: str, progress: Optional[Progress] = None, should_stop: Cal
     archive.unlink(missing_ok=True)
     report(1.0, "installed")
     return installed
+
+
+FIRST_SEEN = ".first-seen-checksums.json"
+
+
+def first_seen_checksum(model_id: str, url: str, archive: Path) -> dict:
+    """For a catalog entry whose publisher gives no checksum: the SHA-256 of the first copy downloaded is
+    remembered (beyond a removal), and a later copy that differs is refused and deleted."""
+    ledger_path = store.models_dir() / FIRST_SEEN
+    try:
+        ledger = json.loads(ledger_path.read_text(encoding="utf-8")) if ledger_path.is_file() else {}
+    except (OSError, ValueError):
+        ledger = {}
+    ledger = ledger if isinstance(ledger, dict) else {}
+    actual = file_hash(archive)
+    seen = ledger.get(model_id)
+    if isinstance(seen, dict) and seen.get("url") == url and seen.get("sha256") != actual:
+        archive.unlink(missing_ok=True)
+        raise ModelError(f"the download of {model_id!r} differs from the copy first installed from {url} (SHA-256 "
+                         f"{seen.get('sha256')}, now {actual}); the publisher gives no checksum, so MedDL refuses a "
+                         "changed file: it was discarded")
+    ledger[model_id] = {"url": url, "sha256": actual}
+    with atomic_path(ledger_path) as staged:
+        staged.write_text(json.dumps(ledger, indent=1), encoding="utf-8")
+    return {"algorithm": "sha256", "value": actual, "source": "first download (none published)"}
 
 
 def _source_url(source: dict) -> str:
@@ -115,10 +144,23 @@ def _unpack(archive: Path, staging: Path, limit: int | None = None) -> str:
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, RuntimeError,
             zlib.error, ValueError) as error:
         raise ModelError(f"{archive.name} is damaged or uses an unsupported zip feature: {error}") from None
-    folders = [p.parent.parent for p in staging.rglob("configs/metadata.json")]
-    if not folders:
-        raise ModelError(f"{archive.name} holds no MONAI bundle (no configs/metadata.json)")
-    return str(min(folders, key=lambda p: len(p.parts)).relative_to(staging))
+    return str(_model_folder_in(staging, archive.name).relative_to(staging))
+
+
+def _model_folder_in(root: Path, name: str) -> Path:
+    """The MONAI bundle or nnU-Net v2 results folder an unpacked archive holds (the outermost bundle; for
+    nnU-Net, the preferred configuration, as `nnUNetv2_export_model_to_zip` writes DatasetNNN/Trainer__...)."""
+    bundles = [p.parent.parent for p in root.rglob("configs/metadata.json")]
+    if bundles:
+        return min(bundles, key=lambda p: len(p.parts))
+    candidates = {folder for plans in root.rglob("plans.json") for folder in (plans.parent, plans.parent.parent)
+                  if folder.is_relative_to(root)}
+    for candidate in sorted(candidates, key=lambda p: len(p.parts)):  # a dataset folder before its configurations
+        folder = nnunet_results_folder(candidate)
+        if folder is not None:
+            return folder
+    raise ModelError(f"{name} holds neither a MONAI bundle (configs/metadata.json) nor an nnU-Net v2 results "
+                     "folder (plans.json, dataset.json, fold_*/checkpoint_final.pth)")
 
 
 def _too_big(archive: Path, limit: int) -> ModelError:
@@ -185,11 +227,18 @@ def _id_from(source: Path, card_fields: dict | None) -> str:
     card = source.with_suffix(".json")
     card_name = _read_card(card).get("name") if card.is_file() else None
     name = (card_fields or {}).get("name") or (card_name if isinstance(card_name, str) else "")
-    name = name or source.name.split(".")[0]
+    nnunet_folder = nnunet_results_folder(source) if source.is_dir() else None
+    name = name or (nnunet_folder.parent.name if nnunet_folder else source.name.split(".")[0])
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
 
 
 def _copy_into(source: Path, staging: Path, card_fields: dict) -> str:
+    nnunet_folder = nnunet_results_folder(source) if source.is_dir() else None
+    if nnunet_folder is not None:  # its card comes from dataset.json: copied as DatasetNNN/Trainer__Plans__conf
+        target = staging / nnunet_folder.parent.name / nnunet_folder.name
+        shutil.copytree(nnunet_folder, target, ignore=shutil.ignore_patterns("checkpoint_latest.pth", "*.png",
+                                                                             "validation", "*.txt"))
+        return str(target.relative_to(staging))
     if source.is_dir():
         if not is_bundle(source):
             raise ModelError(f"folder {source} is not a MONAI bundle (no configs/metadata.json)")
@@ -198,7 +247,8 @@ def _copy_into(source: Path, staging: Path, card_fields: dict) -> str:
         return "bundle"
     if zipfile.is_zipfile(source) and source.suffix.lower() == ".zip":
         path = _unpack(source, staging)
-        _merge_card(staging / path / MEDDL_CARD, card_fields, require_complete=False)
+        if is_bundle(staging / path):
+            _merge_card(staging / path / MEDDL_CARD, card_fields, require_complete=False)
         return path
     if source.suffix.lower() not in MODEL_SUFFIXES:
         raise ModelError(f"cannot import {source.name}: expected a bundle folder or zip, or a "

@@ -4,9 +4,13 @@ with this before torch is installed)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
+
+from ..errors import ModelError
 
 MEDDL_CARD = "configs/meddl_card.json"  # MedDL's card inside a MONAI bundle, beside metadata.json
 MODEL_SUFFIXES = (".ts", ".pt", ".pth")  # a TorchScript file or a checkpoint, with its card beside it
+NNUNET_CONFIGURATIONS = ("3d_fullres", "2d", "3d_lowres")  # those MedDL runs, preferred first
 
 
 def is_bundle(folder: Path) -> bool:
@@ -16,3 +20,31 @@ def is_bundle(folder: Path) -> bool:
 def card_path_for(model_path: Path) -> Path:
     """The card of a model: inside a bundle folder, or beside a model file (model.pt -> model.json)."""
     return model_path / MEDDL_CARD if model_path.is_dir() else model_path.with_suffix(".json")
+
+
+def _is_results_folder(path: Path) -> bool:
+    return (path / "plans.json").is_file() and (path / "dataset.json").is_file() and \
+        any(path.glob("fold_*/checkpoint_*.pth"))
+
+
+def nnunet_results_folder(path: Path, configuration: Optional[str] = None) -> Optional[Path]:
+    """The Trainer__Plans__configuration folder `path` is or holds (the preferred configuration when it
+    holds several, or the one asked for); None when it is no nnU-Net folder."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    if _is_results_folder(path):
+        return path
+    found = {child.name.rsplit("__", 1)[-1]: child for child in sorted(path.iterdir())
+             if child.is_dir() and child.name.count("__") == 2 and _is_results_folder(child)}
+    if not found:
+        return None
+    if configuration:
+        if configuration not in found:
+            raise ModelError(f"{path} has no nnU-Net configuration {configuration!r}; it has {', '.join(found)}")
+        return found[configuration]
+    preferred = [name for name in NNUNET_CONFIGURATIONS if name in found]
+    if not preferred:
+        raise ModelError(f"{path} holds the nnU-Net configurations {', '.join(found)}, none of which MedDL runs "
+                         f"yet ({', '.join(NNUNET_CONFIGURATIONS)})")
+    return found[preferred[0]]

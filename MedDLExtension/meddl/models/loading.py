@@ -16,10 +16,10 @@ from typing import Optional
 import torch
 
 from ..errors import ModelError
-from . import catalog, store
+from . import catalog, nnunet, store
 from .bundle import load_bundle
 from .card import card_from_dict, read_card
-from .formats import card_path_for, is_bundle
+from .formats import card_path_for, is_bundle, nnunet_results_folder
 from .loaded import LoadedModel
 from .networks import (
     build_monai_network,
@@ -110,17 +110,18 @@ def _cache_key(resolved: _Resolved, trust: bool, card: str | Path | None) -> tup
     return "path", str(path), trust, str(card), _stamps(files)
 
 
-def load_model(reference: str | Path, trust: bool = False, card: str | Path | None = None) -> LoadedModel:
-    """Load a catalogued model by id, a model of the library by id, a MONAI bundle folder, or a model file
-    with its JSON card."""
+def load_model(reference: str | Path, trust: bool = False, card: str | Path | None = None,
+               folds: Optional[tuple[str, ...]] = None) -> LoadedModel:
+    """Load a catalogued model by id, a model of the library by id, a MONAI bundle folder, an nnU-Net v2 results
+    folder (`folds`: which of its folds to ensemble; default all), or a model file with its JSON card."""
     resolved = _resolve(str(reference))
     if _cache_size <= 0:
-        return _load(resolved, trust, card)
-    key = _cache_key(resolved, trust, card)
+        return _load(resolved, trust, card, folds)
+    key = (_cache_key(resolved, trust, card), folds)
     if key in _cache:
         _cache.move_to_end(key)
         return _cache[key]
-    model = _load(resolved, trust, card)
+    model = _load(resolved, trust, card, folds)
     _cache[key] = model
     set_model_cache_size(_cache_size)
     return model
@@ -136,19 +137,28 @@ def _load_entry(model_id: str) -> LoadedModel:
     return LoadedModel(card, networks, entry["pipeline"], f"catalog:{model_id}")
 
 
-def _load(resolved: _Resolved, trust: bool, card: str | Path | None) -> LoadedModel:
+def _load(resolved: _Resolved, trust: bool, card: str | Path | None, folds: Optional[tuple[str, ...]]) -> LoadedModel:
     if resolved.entry is not None:
-        return _load_entry(resolved.entry)
-    if resolved.installed is not None:  # the user's model folder, with the trust given at install time
+        model = _load_entry(resolved.entry)
+    elif resolved.installed is not None:  # the user's model folder, with the trust given at install time
         installed = resolved.installed
         store.verify(installed)
-        return _load_path(installed.model_path, trust or installed.trusted, None)
-    return _load_path(resolved.path, trust, card)
+        overrides = catalog.get_entry(installed.id).get("card_overrides") \
+            if installed.record.get("kind") == "catalog" and catalog.has_entry(installed.id) else None
+        model = _load_path(installed.model_path, trust or installed.trusted, None, folds, overrides)
+    else:
+        model = _load_path(resolved.path, trust, card, folds)
+    if folds and model.pipeline.get("type") != "nnunet":
+        raise ModelError(f"model {model.card.name!r} has no folds to choose: folds are for nnU-Net models")
+    return model
 
 
-def _load_path(path: Path, trust: bool, card: str | Path | None) -> LoadedModel:
+def _load_path(path: Path, trust: bool, card: str | Path | None, folds: Optional[tuple[str, ...]],
+               overrides: Optional[dict] = None) -> LoadedModel:
     if not path.exists():
         raise ModelError(f"model not found: {path} does not exist")
+    if path.is_dir() and nnunet_results_folder(path) is not None:
+        return nnunet.load_nnunet(path, trust, folds, overrides=overrides)
     if path.is_dir():
         if not is_bundle(path):
             raise ModelError(f"folder {path} is not a MONAI bundle (no configs/metadata.json)")

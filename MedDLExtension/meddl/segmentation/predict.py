@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..device import select_compute
 from ..image import Image, blank_image
-from ..io import IMAGE_SUFFIXES, image_suffix, read_image, write_image
+from ..io import IMAGE_SUFFIXES, image_suffix, read_image, stack_channels_onto, write_image
 from ..models.card import Label, ModelCard
 from ..models.catalog import default_model
 from ..models.loading import LoadedModel, load_model
@@ -31,14 +31,16 @@ class SegmentationResult:
 
 
 def segment(image: Image, model: str | Path | LoadedModel | None = None, device: str = "auto",
-            progress: Progress | None = None, trust_model: bool = False) -> SegmentationResult:
-    """Segment an image with a model (catalog id, path, or an already loaded model)."""
+            progress: Progress | None = None, trust_model: bool = False, fast: bool = False,
+            folds: tuple[str, ...] | None = None) -> SegmentationResult:
+    """Segment an image with a model (catalog id, path, or an already loaded model). `fast` skips test-time
+    augmentation (nnU-Net's mirroring); `folds` chooses an nnU-Net model's folds (default: all)."""
     report = progress or no_progress
     report(0.0, "loading model")
     loaded = model if isinstance(model, LoadedModel) else load_model(model or default_model("segmentation"),
-                                                                     trust=trust_model)
+                                                                     trust=trust_model, folds=folds)
     require_task(loaded.card, "segmentation")
-    segmenter = make_segmenter(loaded, select_compute(device))
+    segmenter = make_segmenter(loaded, select_compute(device), fast)
     labels = segmenter(image, scaled(report, 0.05, 1.0))
     return SegmentationResult(labels, loaded.card)
 
@@ -52,14 +54,19 @@ def labels_path_for(output: Path) -> Path:
 
 def segment_file(input_path: str | Path, output_path: str | Path, model: str | None = None,
                  device: str = "auto", progress: Progress | None = None, trust_model: bool = False,
-                 compress: bool = True) -> SegmentationResult:
-    """Read, segment and write a label map and its labels sidecar; both appear together or not at all."""
+                 compress: bool = True, fast: bool = False, folds: tuple[str, ...] | None = None,
+                 more_inputs: tuple[str | Path, ...] = ()) -> SegmentationResult:
+    """Read, segment and write a label map and its labels sidecar; both appear together or not at all.
+
+    `more_inputs` are the further channels of a multi-channel model, in its order, each resampled onto the
+    first input's grid."""
     report = progress or no_progress
-    with OutputSet(inputs=[input_path]) as outputs:
+    with OutputSet(inputs=[input_path, *more_inputs]) as outputs:
         output_path = outputs.add(output_path, IMAGE_SUFFIXES)
         sidecar = outputs.add(labels_path_for(output_path))
         image = read_image(input_path)
-        result = segment(image, model, device, scaled(report, 0.0, 0.95), trust_model)
+        image = stack_channels_onto(image, [read_image(path) for path in more_inputs])
+        result = segment(image, model, device, scaled(report, 0.0, 0.95), trust_model, fast, folds)
         write_image(result.labels, output_path, compress, outputs)
         outputs.staged(sidecar).write_text(
             json.dumps({"model": result.card.name, "labels": result.label_table()}, indent=1))

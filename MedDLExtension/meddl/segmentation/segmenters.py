@@ -185,10 +185,16 @@ PIPELINES: dict[str, Callable[[LoadedModel, Compute], Segmenter]] = {
 }
 
 
-def make_segmenter(model: LoadedModel, compute: Compute) -> Segmenter:
+def make_segmenter(model: LoadedModel, compute: Compute, fast: bool = False) -> Callable[..., Image]:
+    """The pipeline that runs `model`; `fast` skips test-time augmentation where the pipeline has one (nnU-Net's
+    mirroring)."""
     kind = model.pipeline.get("type", "sliding-window")
-    if kind not in PIPELINES:
-        raise ModelError(f"unknown pipeline type {kind!r} for model {model.card.name}")
     if model.card.task != "segmentation":
         raise ModelError(f"model {model.card.name} is a {model.card.task} model, not a segmentation model")
+    if kind == "nnunet":
+        from .nnunet import NnunetSegmenter
+
+        return NnunetSegmenter(model, compute, mirroring=not fast)
+    if kind not in PIPELINES:
+        raise ModelError(f"unknown pipeline type {kind!r} for model {model.card.name}")
     return PIPELINES[kind](model, compute)

@@ -105,12 +105,37 @@ def test_catalog_matches_its_schema():
     jsonschema.validate(json.loads(catalog.CATALOG.read_text()), schema)
 
 
-def test_schema_rejects_an_entry_without_checksum():
+def test_schema_rejects_a_zoo_entry_without_checksum():
     schema = json.loads((ROOT / "Resources/Schemas/meddl-model-catalog.schema.json").read_text())
     bad = {"version": 1, "models": [{"id": "x", "title": "x", "task": "segmentation", "license": "MIT",
-                                     "source": {"url": "https://example.org/x.zip"}}]}
+                                     "source": {"monai_zoo": {"name": "x", "version": "0.1.0"}}}]}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
+
+
+def test_a_download_without_published_checksum_is_pinned_by_its_first_copy(tmp_path, monkeypatch):
+    """The installer says there is no checksum, records the first copy's SHA-256, and refuses a changed one."""
+    first, changed = _zoo_zip(tmp_path), None
+    (tmp_path / "again").mkdir()
+    changed = _zoo_zip(tmp_path / "again", expressions=False)
+    assert first != changed
+    server = _serve(first)
+    entry = {"id": "tofu-test", "title": "Test", "task": "segmentation", "license": "MIT",
+             "source": {"url": f"http://127.0.0.1:{server.server_address[1]}/model.zip"}}
+    monkeypatch.setitem(catalog._entries(), "tofu-test", entry)
+    for payload, expected in ((first, None), (first, None), (changed, "differs from the copy first installed")):
+        server.payload = payload
+        messages: list[str] = []
+        report = messages.append
+        if expected:
+            with pytest.raises(ModelError, match=expected):
+                install.install("tofu-test", lambda f, m, report=report: report(m), trust=True)
+            assert not (store.models_dir() / "tofu-test").exists()
+        else:
+            installed = install.install("tofu-test", lambda f, m, report=report: report(m), trust=True)
+            assert installed.record["checksum"]["value"] == hashlib.sha256(payload).hexdigest()
+            store.remove("tofu-test")
+        assert "no checksum from the publisher" in messages[0]
 
 
 def test_install_zoo_bundle_with_progress_then_run_it(tmp_path, zoo_entry, monkeypatch):
@@ -217,7 +242,7 @@ def test_remove_frees_the_space(tmp_path):
 def test_overview_filters():
     assert {row.id for row in model_rows(task="segmentation")} >= {"deepbet-brain-extraction"}
     assert [row.id for row in model_rows(search="spleen")] == ["monai-zoo-spleen-ct-segmentation"]
-    assert [row.id for row in model_rows(modality="MR")] == ["deepbet-brain-extraction"]
+    assert [row.id for row in model_rows(modality="MR")] == ["deepbet-brain-extraction", "hd-bet-2-brain-extraction"]
     assert "monai-zoo-spleen-ct-segmentation" not in {row.id for row in model_rows(installed=True)}
     deepbet = next(row for row in model_rows() if row.id == "deepbet-brain-extraction")
     assert deepbet.installed and deepbet.size_bytes > 10_000_000 and "Dice 0.939" in deepbet.accuracy

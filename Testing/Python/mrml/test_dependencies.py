@@ -22,3 +22,12 @@ def test_fresh_slicer_gets_torch_through_pytorch_utils_then_pinned_monai_without
 def test_missing_secondary_requirement_is_installed_alone():
     steps = install_plan(lambda module: module != "scipy")
     assert steps == [InstallStep("pip", "scipy")]
+
+
+def test_nnunet_packages_come_only_with_an_nnunet_model_and_without_their_dependencies():
+    present = {"torch", "monai", "numpy", "scipy", "jsonschema", "SimpleITK", "vtk"}
+    assert install_plan(lambda module: module in present) == []
+    steps = install_plan(lambda module: module in present, nnunet=True)
+    assert InstallStep("pip", "nnunetv2==2.8.1", no_deps=True) in steps
+    assert InstallStep("pip", "dynamic_network_architectures==0.4.4", no_deps=True) in steps
+    assert not any(name in step.requirement for step in steps for name in ("torchvision", "timm", "torch=="))

@@ -107,3 +107,25 @@ def test_waiting_past_the_timeout_cancels_and_leaves_the_scene_unchanged(scene, 
     with pytest.raises(TimeoutError, match="segmentation did not finish in 0.001 s"):
         finish_within(job, 0.001, "segmentation")
     assert job.state is JobState.CANCELLED and scene.GetNumberOfNodes() == count and not job.folder.exists()
+
+
+def test_a_two_channel_nnunet_model_segments_volume_nodes_as_the_engine_does(scene):
+    """The Segmentation panel's path for a multi-channel nnU-Net folder: both channels as volume nodes, the
+    second resampled onto the first's grid, the same labels as the engine gives on the files."""
+    nnunet_folders = pytest.importorskip("nnunet_folders")
+    from meddl.io import read_image, stack_channels_onto
+    from meddl.segmentation.predict import segment
+
+    results = nnunet_folders.make_results_folder(None, "two-channel")
+    files = nnunet_folders.raw_cases(results)[nnunet_folders.training_case(results)]
+    images = [read_image(path) for path in files]
+    nodes = [volume_node_from_image(scene, image, f"channel {index}") for index, image in enumerate(images)]
+    job = SegmentationJob(scene, nodes[0], str(results), "cpu", more_volumes=nodes[1:], fast=True)
+    assert job.wait(300) is JobState.SUCCEEDED, job.engine.error
+    node = job.finish()
+    names = [node.GetSegmentation().GetNthSegment(i).GetName()
+             for i in range(node.GetSegmentation().GetNumberOfSegments())]
+    assert names == ["grey matter", "white matter"]
+    expected = segment(stack_channels_onto(images[0], images[1:]), results, "cpu", fast=True).labels.array
+    exported = label_map_from_segmentation(node, nodes[0], names)
+    np.testing.assert_array_equal(exported, expected.astype(exported.dtype))

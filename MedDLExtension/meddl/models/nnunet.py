@@ -1,0 +1,237 @@
+"""nnU-Net v2 results folders as MedDL models: found, checked, loaded without running code, and carded.
+
+A results folder is `DatasetNNN_Name/Trainer__Plans__configuration/` with plans.json, dataset.json and
+fold_*/checkpoint_final.pth; its parent (several configurations) works too. Checkpoints are pickles:
+they load with `weights_only=True` and an allow-list of exactly the types nnU-Net puts in them (numpy
+scalars and dtypes, torch.device). The network is built by the nnU-Net trainer named in the checkpoint,
+which must be one the installed nnunetv2 ships, from a `dynamic_network_architectures` class named in the
+plans whose arguments import only `torch.nn` classes; anything else needs `--trust-model`. nnunetv2 is
+imported only when such a model is used.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from ..errors import ModelError
+from .card import card_from_dict
+from .formats import nnunet_results_folder
+from .loaded import LoadedModel
+
+CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ModelError(f"{path} is not readable JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path} must hold a JSON object")
+    return data
+
+
+def _labels(dataset: dict, source: str) -> list[dict]:
+    """Card labels from dataset.json: {name: value} or, region-based, {name: [values]} with regions_class_order."""
+    labels = dataset.get("labels")
+    if not isinstance(labels, dict) or not labels:
+        raise ModelError(f"{source}: 'labels' must map label names to values")
+    foreground = [(name, value) for name, value in labels.items() if name != "background" and value != 0]
+    if any(isinstance(value, list) for _, value in foreground):
+        order = dataset.get("regions_class_order")
+        if not isinstance(order, list) or len(order) != len(foreground):
+            raise ModelError(f"{source}: region-based labels need 'regions_class_order' with one value per region")
+        return [{"value": int(value), "name": str(name)} for (name, _), value in zip(foreground, order)]
+    return [{"value": value, "name": str(name)} for name, value in foreground]
+
+
+def _channel_names(dataset: dict, source: str) -> list[str]:
+    names = dataset.get("channel_names", dataset.get("modality"))
+    if not isinstance(names, dict) or not names:
+        raise ModelError(f"{source}: 'channel_names' must name the input channels")
+    return [str(names[key]) for key in sorted(names, key=lambda key: int(key))]
+
+
+def card_for(folder: Path, dataset: dict, configuration: str, folds: list[str], trainer: str) -> dict:
+    """The MedDL card of an nnU-Net results folder (labels and channels from dataset.json)."""
+    source = str(folder / "dataset.json")
+    channels = _channel_names(dataset, source)
+    name = folder.parent.name or folder.name
+    return {
+        "name": name, "title": f"{name} (nnU-Net {configuration})", "task": "segmentation",
+        "description": str(dataset.get("description", "")),
+        "license": str(dataset.get("licence") or dataset.get("license") or "not stated in dataset.json"),
+        "input": {"channels": len(channels), "modality": ", ".join(channels)},
+        "labels": _labels(dataset, source),
+        "provenance": f"nnU-Net v2 results folder {folder.name}: trainer {trainer}, configuration "
+                      f"{configuration}, folds {', '.join(folds)}",
+        "nnunet": {"configuration": configuration, "folds": folds, "channel_names": channels, "trainer": trainer},
+    }
+
+
+def _allowed_globals() -> list:
+    """Exactly the non-tensor types nnU-Net checkpoints hold, under their numpy 1 and numpy 2 names."""
+    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+    dtypes = [getattr(np.dtypes, name) for name in ("Float64DType", "Float32DType", "Int64DType", "Int32DType",
+                                                      "BoolDType", "Float16DType") if hasattr(np, "dtypes")]
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtypes, torch.device]
+
+
+def load_checkpoint(path: Path, trust: bool) -> dict:
+    """An nnU-Net checkpoint, unpickled only into tensors, containers, numpy scalars and torch.device
+    (anything else, such as an object whose unpickling runs code, only with `trust`)."""
+    try:
+        if trust:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        else:
+            with torch.serialization.safe_globals(_allowed_globals()):
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure is this checkpoint's problem
+        text = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if "weights_only" in str(error) or "Unsupported global" in str(error):
+            raise ModelError(f"{path} holds objects other than nnU-Net's weights and settings ({text[:200]}); "
+                             "unpickling them could run code: pass --trust-model only if you trust its source") \
+                from None
+        raise ModelError(f"{path} is not a readable nnU-Net checkpoint: {text[:200]}") from None
+    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
+        raise ModelError(f"{path} is not an nnU-Net checkpoint (no network_weights)")
+    return checkpoint
+
+
+def _check_plans_code(configuration_manager, trust: bool, source: str) -> None:
+    """The plans name the network class and classes for its arguments: only nnU-Net's own network library
+    and torch.nn without trust."""
+    names = [configuration_manager.network_arch_class_name]
+    kwargs = configuration_manager.network_arch_init_kwargs
+    names += [kwargs[key] for key in configuration_manager.network_arch_init_kwargs_req_import if kwargs.get(key)]
+    foreign = [name for name in names if not str(name).startswith(("dynamic_network_architectures.", "torch.nn."))]
+    if foreign and not trust:
+        raise ModelError(f"{source} names code outside nnU-Net's network library ({', '.join(map(str, foreign))}); "
+                         "pass --trust-model only if you trust its source")
+
+
+def _find_trainer(name: str):
+    """The class `name` in nnunetv2's trainer package (as nnU-Net looks it up), or None; a trainer module whose
+    optional dependencies are missing (e.g. timm for some variants) is skipped, not fatal."""
+    import importlib
+    import pkgutil
+
+    import nnunetv2.training.nnUNetTrainer as trainers
+
+    for module in pkgutil.walk_packages(trainers.__path__, trainers.__name__ + "."):
+        try:
+            found = getattr(importlib.import_module(module.name), name, None)
+        except Exception:  # noqa: BLE001 - an optional trainer that cannot be imported here
+            continue
+        if isinstance(found, type):
+            return found
+    return None
+
+
+def _trainer_class(name: str, trust: bool):
+    """The trainer class nnU-Net ships under `name` (it builds the network)."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    found = _find_trainer(name) if name.isidentifier() else None
+    if found is None or not issubclass(found, nnUNetTrainer):
+        raise ModelError(f"the checkpoint was trained with {name!r}, a trainer nnunetv2 {nnunetv2_version()} does "
+                         "not ship; its code would have to be installed into nnunetv2 and trusted (--trust-model)")
+    if found is not nnUNetTrainer and not trust and "build_network_architecture" in vars(found):
+        raise ModelError(f"trainer {name!r} builds its own network with its own code; pass --trust-model only "
+                         "if you trust it")
+    return found
+
+
+def nnunetv2_version() -> str:
+    from importlib import metadata
+
+    return metadata.version("nnunetv2")
+
+
+def _require_nnunet() -> None:
+    try:
+        import nnunetv2  # noqa: F401
+    except ImportError:
+        raise ModelError("this is an nnU-Net v2 model: MedDL runs it with the nnunetv2 package, which is not "
+                         "installed (`pip install nnunetv2`; in Slicer, MedDL installs it on first use)") from None
+
+
+def _folds(folder: Path, folds: Optional[tuple[str, ...]]) -> list[tuple[str, Path]]:
+    available = {}
+    for fold_folder in sorted(folder.glob("fold_*")):
+        checkpoint = next((fold_folder / name for name in CHECKPOINTS if (fold_folder / name).is_file()), None)
+        if checkpoint is not None:
+            available[fold_folder.name[len("fold_"):]] = checkpoint
+    chosen = list(folds) if folds else sorted(available)
+    missing = [fold for fold in chosen if fold not in available]
+    if missing:
+        raise ModelError(f"{folder} has no checkpoint for fold(s) {', '.join(missing)}; it has "
+                         f"{', '.join(available) or 'none'}")
+    return [(fold, available[fold]) for fold in chosen]
+
+
+@dataclass
+class NnunetParts:
+    """What nnU-Net's predictor needs, built from the folder."""
+
+    plans_manager: Any
+    configuration_manager: Any
+    dataset_json: dict
+    parameters: list[dict]
+    trainer_name: str
+    mirroring_axes: Optional[tuple[int, ...]]
+
+
+def load_nnunet(path: Path, trust: bool = False, folds: Optional[tuple[str, ...]] = None,
+                configuration: Optional[str] = None, overrides: Optional[dict] = None) -> LoadedModel:
+    """A LoadedModel running an nnU-Net v2 results folder (pipeline type "nnunet"); `overrides` replace card
+    fields derived from the folder (a catalog entry's, e.g. the input orientation its publisher feeds)."""
+    _require_nnunet()
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    folder = nnunet_results_folder(Path(path), configuration)
+    if folder is None:
+        raise ModelError(f"{path} is not an nnU-Net v2 results folder (plans.json, dataset.json, "
+                         "fold_*/checkpoint_final.pth)")
+    plans, dataset = _read_json(folder / "plans.json"), _read_json(folder / "dataset.json")
+    checkpoints = [(fold, load_checkpoint(file, trust)) for fold, file in _folds(folder, folds)]
+    first = checkpoints[0][1]
+    trainer_name = str(first.get("trainer_name", "nnUNetTrainer"))
+    configuration_name = str(first.get("init_args", {}).get("configuration", folder.name.rsplit("__", 1)[-1]))
+    try:
+        plans_manager = PlansManager(plans)
+        configuration_manager = plans_manager.get_configuration(configuration_name)
+    except Exception as error:  # noqa: BLE001 - malformed plans
+        raise ModelError(f"{folder / 'plans.json'} does not describe configuration {configuration_name!r}: "
+                         f"{error}") from None
+    if configuration_manager.previous_stage_name:
+        raise ModelError(f"{folder.name} is a cascade stage (after {configuration_manager.previous_stage_name}); "
+                         "MedDL does not run nnU-Net cascades yet: use the 3d_fullres or 3d_lowres folder")
+    _check_plans_code(configuration_manager, trust, str(folder / "plans.json"))
+    card_data = card_for(folder, dataset, configuration_name, [fold for fold, _ in checkpoints], trainer_name)
+    for key, value in (overrides or {}).items():
+        card_data[key] = {**card_data[key], **value} if isinstance(value, dict) and isinstance(
+            card_data.get(key), dict) else value
+    card = card_from_dict(card_data, f"nnU-Net folder {folder}")
+    trainer = _trainer_class(trainer_name, trust)
+    label_manager = plans_manager.get_label_manager(dataset)
+    try:
+        network = trainer.build_network_architecture(
+            plans_manager, configuration_manager, determine_num_input_channels(plans_manager, configuration_manager,
+                                                                               dataset),
+            label_manager.num_segmentation_heads, enable_deep_supervision=False)
+        network.load_state_dict(first["network_weights"])
+    except Exception as error:  # noqa: BLE001 - plans and weights that do not fit
+        raise ModelError(f"the network of {folder} cannot be built from its plans and weights: {error}") from None
+    mirroring = first.get("inference_allowed_mirroring_axes")
+    parts = NnunetParts(plans_manager, configuration_manager, dataset,
+                        [checkpoint["network_weights"] for _, checkpoint in checkpoints], trainer_name,
+                        tuple(mirroring) if mirroring is not None else None)
+    return LoadedModel(card, {"network": network.eval()}, {"type": "nnunet", "parts": parts}, str(folder))
