@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.meddl-installed
 
-.PHONY: demo test lint benchmark benchmark-classification benchmark-training benchmark-enhancement benchmark-nnunet clean
+.PHONY: demo test lint benchmark benchmark-classification benchmark-training benchmark-enhancement benchmark-registration benchmark-nnunet clean
 
 $(STAMP): pyproject.toml constraints.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ benchmark-training: $(STAMP)
 
 benchmark-enhancement: $(STAMP)
 	$(PY) benchmarks/enhancement.py
+
+benchmark-registration: $(STAMP)
+	$(PY) benchmarks/registration.py
 
 benchmark-nnunet: $(STAMP)
 	$(PY) benchmarks/nnunet.py
