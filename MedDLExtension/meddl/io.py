@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from .dicom import read_dicom_series
 from .errors import InputError, OutputError, first_line
 from .image import Image, check_rectilinear
-from .nifti import check_nifti_complete
+from .integrity import check_complete
 from .outputs import OutputSet, joined
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -43,8 +43,7 @@ def read_image(path: str | Path, allow_2d: bool = False) -> Image:
         return image_from_sitk(read_dicom_series(path), str(path))
     if not path.is_file():
         raise InputError(f"cannot read {path}: it is not a regular file (a pipe or a device?)")
-    if image_suffix(path) in (".nii", ".nii.gz"):
-        check_nifti_complete(path)
+    check_complete(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:

@@ -29,6 +29,13 @@ MAX_NAME_BYTES = 255  # the file-name limit of every common file system
 
 def check_writable(path: Path) -> None:
     """Raise OutputError early when `path` cannot be created."""
+    try:
+        _check_writable(path)
+    except OSError as error:  # a path the file system cannot even look up (too long, a bad component)
+        raise OutputError(f"cannot write {str(path)[:80]}...: {error.strerror or error}") from None
+
+
+def _check_writable(path: Path) -> None:
     if len(path.name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
         raise OutputError(f"cannot write {path.name[:40]}...: the file name is longer than {MAX_NAME_BYTES} bytes")
     folder = path.parent if str(path.parent) else Path(".")
@@ -43,10 +50,42 @@ def check_writable(path: Path) -> None:
 
 
 def _same_file(a: Path, b: Path) -> bool:
-    """The same file by identity (links and different spellings included), not by string."""
-    if a.exists() and b.exists():
-        return os.path.samefile(a, b)
-    return a.resolve() == b.resolve()
+    """The same file by identity (links and different spellings included), not by string; for a folder `b`,
+    anything inside it too (an output never goes into an input folder, such as a DICOM series or a bundle)."""
+    try:
+        if a.exists() and b.exists() and os.path.samefile(a, b):
+            return True
+        resolved, other = a.resolve(), b.resolve()
+    except OSError:
+        return False
+    return resolved == other or (b.is_dir() and resolved.is_relative_to(other))
+
+
+HEADER_SUFFIXES = (".nhdr", ".mhd")
+
+
+def data_files_of(header: Path, planned: bool = False) -> list[Path]:
+    """The data files a .nhdr/.mhd header names; `planned`: those ITK will write beside a new header."""
+    name = header.name.lower()
+    if not name.endswith(HEADER_SUFFIXES):
+        return []
+    stem = header.name[: -len(".nhdr")] if name.endswith(".nhdr") else header.name[: -len(".mhd")]
+    if planned or not header.is_file():
+        endings = (".raw.gz", ".raw") if name.endswith(".nhdr") else (".zraw", ".raw")
+        return [header.with_name(stem + ending) for ending in endings]
+    try:
+        with open(header, "rb") as stream:
+            text = stream.read(65536)
+    except OSError:
+        return []
+    found = []
+    for line in text.splitlines():
+        key, _, value = line.partition(b"=" if line.startswith(b"ElementDataFile") else b":")
+        if key.strip().lower() in (b"data file", b"datafile", b"elementdatafile") and value.strip():
+            value = value.strip().decode("utf-8", "replace")
+            if value.upper() not in ("LOCAL", "LIST") and "%" not in value:
+                found.append(header.parent / value.split()[0])
+    return found
 
 
 def process_alive(pid: int) -> bool:
@@ -106,11 +145,15 @@ class OutputSet:
     """The outputs of one job; use as a context manager, `add` every path first, `commit` at the end."""
 
     def __init__(self, inputs: Iterable[Optional[str | Path]] = ()) -> None:
+        """`inputs`: every file or folder the job reads (images, a header's data files, the model and its card):
+        no output may be one of them or lie inside an input folder."""
         self._inputs = [Path(path) for path in inputs if path]
+        self._inputs += [data for path in self._inputs for data in data_files_of(path)]
         self._targets: list[Path] = []  # final paths of the outputs, in the order they are committed
         self._folders: dict[Path, bool] = {}  # final path of a folder output -> whether it may replace one
         self._staging: dict[Path, Path] = {}  # target folder -> its private staging folder
         self._inside: set[Path] = set()  # files inside an output folder
+        self._companions: list[Path] = []  # data files ITK writes beside header outputs
 
     def __enter__(self) -> OutputSet:
         return self
@@ -131,6 +174,9 @@ class OutputSet:
             return path
         check_writable(path)
         self._check_distinct(path)
+        for data in data_files_of(path, planned=True):  # the data file ITK writes beside a header is an output
+            self._check_distinct(data, f"{path}'s data file {data.name}")
+            self._companions.append(data)
         self._targets.append(path)
         return path
 
@@ -147,14 +193,15 @@ class OutputSet:
         self._folders[path] = replace
         return path
 
-    def _check_distinct(self, path: Path) -> None:
+    def _check_distinct(self, path: Path, what: str = "") -> None:
+        what = what or f"output {path}"
         for source in self._inputs:
             if _same_file(path, source):
-                raise OutputError(f"output {path} is the input {source}: inputs are never overwritten; "
-                                  "choose another output name")
-        for other in (*self._targets, *self._inside):
-            if _same_file(path, other):
-                raise OutputError(f"two outputs are the same file: {path}")
+                raise OutputError(f"{what} is (or is inside) the input {source}: inputs are never overwritten; "
+                                  "choose another output name or folder")
+        for other in (*self._targets, *self._inside, *self._companions):
+            if _same_file(path, other) or _same_file(other, path):
+                raise OutputError(f"two outputs are the same file: {what} and {other}")
 
     def staged(self, path: str | Path) -> Path:
         """Where to write the output `path` now (declared by `add` first, or checked now)."""
@@ -180,24 +227,48 @@ class OutputSet:
         with contextlib.ExitStack() as locks:
             for folder in sorted(self._staging):
                 locks.enter_context(_folder_lock(folder))
-            for folder, staging in self._staging.items():
-                declared = {path.name for path in self._targets if path.parent.resolve() == folder}
-                # companions first (a header's data file), then the declared outputs in order
-                names = [p.name for p in staging.iterdir() if p.name not in declared]
-                names += [path.name for path in self._targets if path.parent.resolve() == folder]
-                for name in names:
-                    self._move(staging / name, folder / name, staging)
+            done: list[tuple[Path, Path, Optional[Path]]] = []  # (staged, target, previous kept in staging)
+            try:
+                for folder, staging in self._staging.items():
+                    declared = {path.name for path in self._targets if path.parent.resolve() == folder}
+                    # companions first (a header's data file), then the declared outputs in order
+                    names = [p.name for p in staging.iterdir() if p.name not in declared and ".previous-" not in
+                             p.name]
+                    names += [path.name for path in self._targets if path.parent.resolve() == folder]
+                    for name in names:
+                        done.append(self._move(staging / name, folder / name, staging))
+            except OSError as error:
+                self._roll_back(done)
+                raise OutputError(f"cannot write {folder / name}: {error.strerror or error}; nothing was "
+                                  "changed") from None
 
-    def _move(self, source: Path, target: Path, staging: Path) -> None:
+    def _move(self, source: Path, target: Path, staging: Path) -> tuple[Path, Path, Optional[Path]]:
+        """Rename `source` to `target`, keeping what was there in staging until the whole commit succeeds."""
+        if target.is_dir() and not target.is_symlink():  # a folder appeared (or filled up) while the job ran
+            if not source.is_dir():
+                raise IsADirectoryError(21, "a folder is there")
+            if any(target.iterdir()) and not self._folders.get(target, False):
+                raise OSError(39, "the folder is not empty")
+        previous = None
+        if target.exists() or target.is_symlink():
+            previous = staging / f"{target.name}.previous-{os.getpid()}"
+            os.replace(target, previous)
         try:
-            if source.is_dir() and target.is_dir():
-                if any(target.iterdir()) and not self._folders.get(target, False):
-                    target.rmdir()  # raises: the folder filled up while the job ran
-                old = staging / f"{target.name}.old"
-                os.replace(target, old)
             os.replace(source, target)
-        except OSError as error:
-            raise OutputError(f"cannot write {target}: {error.strerror or error}") from None
+        except OSError:
+            if previous is not None:
+                os.replace(previous, target)
+            raise
+        return source, target, previous
+
+    @staticmethod
+    def _roll_back(done: list[tuple[Path, Path, Optional[Path]]]) -> None:
+        """Undo the renames of a commit that failed half way: the folder holds what it held before."""
+        for source, target, previous in reversed(done):
+            with contextlib.suppress(OSError):
+                os.replace(target, source)
+                if previous is not None:
+                    os.replace(previous, target)
 
 
 @contextlib.contextmanager

@@ -195,7 +195,7 @@ def train_classifier(images: Sequence[Image], labels: Sequence[int], classes: Se
     scheme = f"{len(folds)}-fold cross-validation" if len(folds) > 1 else "held-out validation"
     data = data_description or "the training data"
     card["accuracy"] = [{"metric": name, "value": round(validation[name], 4), "data": f"{scheme} of {data}"}
-                        for name in ("roc_auc", "balanced_accuracy")]
+                        for name in ("roc_auc", "balanced_accuracy") if np.isfinite(validation[name])]
     card["provenance"] = (f"trained by meddl train-classifier on {datetime.date.today().isoformat()}: "
                           f"{settings.architecture}, {len(images)} images, {data}")
     _write(out, state, card, {"validation": validation, "folds": folds, "classes": list(classes)})

@@ -11,9 +11,10 @@ from typing import Any, Optional
 
 from ..errors import InputError, OutputError
 from ..io import read_image, write_image
+from ..models.formats import model_files
 from ..outputs import OutputSet
 from ..protocol import Request, Result, options
-from .options import add_device, add_progress, add_trust, voxel_counts
+from .options import add_device, add_progress, add_trust, int_in, number_in, voxel_counts
 
 
 @dataclass(frozen=True)
@@ -64,12 +65,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--out", required=True, help="new folder for model.pt, model.json and metrics")
     train.add_argument("--architecture", default="densenet", choices=["densenet", "resnet", "efficientnet"])
     train.add_argument("--size", default=None, type=voxel_counts(2, 3), help="input size, e.g. 64,64,64 or 224,224")
-    train.add_argument("--epochs", type=int, default=30)
-    train.add_argument("--batch-size", type=int, default=16)
-    train.add_argument("--learning-rate", type=float, default=1e-3)
-    train.add_argument("--folds", type=int, default=0, help="k-fold cross-validation (default: held-out split)")
-    train.add_argument("--validation-fraction", type=float, default=0.2)
-    train.add_argument("--patience", type=int, default=5, help="early stopping: epochs without improvement")
+    train.add_argument("--epochs", type=int_in(1, 100000), default=30)
+    train.add_argument("--batch-size", type=int_in(1, 4096), default=16)
+    train.add_argument("--learning-rate", type=number_in(0, 10, low_open=True), default=1e-3)
+    train.add_argument("--folds", type=int_in(0, 100), default=0,
+                       help="k-fold cross-validation (default: held-out split)")
+    train.add_argument("--validation-fraction", type=number_in(0, 0.9, low_open=True), default=0.2)
+    train.add_argument("--patience", type=int_in(1, 100000), default=5,
+                       help="early stopping: epochs without improvement")
     train.add_argument("--no-augment", action="store_true")
     train.add_argument("--no-class-weights", action="store_true")
     add_device(train)
@@ -79,8 +82,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 def saliency_names(inputs: list[str]) -> list[str]:
     """One map name per input: its file stem, with the input's position added where two stems are the same."""
     stems = [Path(path.rstrip("/\\")).name.split(".")[0] or "image" for path in inputs]
-    return [f"{stem}_{index + 1}_saliency.nii.gz" if stems.count(stem) > 1 else f"{stem}_saliency.nii.gz"
-            for index, stem in enumerate(stems)]
+    names = [f"{stem}_{index + 1}_saliency.nii.gz" if stems.count(stem) > 1 else f"{stem}_saliency.nii.gz"
+             for index, stem in enumerate(stems)]
+    if len(set(names)) < len(names):  # a stem such as "a_1" met "a" twice: number every map by its input
+        names = [f"{index + 1}_{stem}_saliency.nii.gz" for index, stem in enumerate(stems)]
+    return names
 
 
 def _declare_saliency(folder: Path, inputs: list[str], outputs: OutputSet) -> list[Path]:
@@ -95,7 +101,7 @@ def _declare_saliency(folder: Path, inputs: list[str], outputs: OutputSet) -> li
 def run_classify(args: argparse.Namespace, progress) -> ClassifyResult:
     from ..classification.predict import classifier_model, classify, saliency
 
-    with OutputSet(inputs=args.inputs) as outputs:
+    with OutputSet(inputs=[*args.inputs, *model_files(args.model)]) as outputs:
         output = outputs.add(args.csv)
         maps = _declare_saliency(Path(args.saliency), args.inputs, outputs) if args.saliency else []
         images = [read_image(path, allow_2d=True) for path in args.inputs]
@@ -117,10 +123,12 @@ def run_classify(args: argparse.Namespace, progress) -> ClassifyResult:
 def read_training_csv(path: Path) -> tuple[list, list[int], list[str], list[str] | None]:
     """Images, label indices, class names (sorted) and the optional split column."""
     try:
-        with open(path, newline="") as stream:
+        with open(path, newline="", encoding="utf-8") as stream:
             rows = list(csv.DictReader(stream))
     except OSError as error:
         raise InputError(f"cannot read {path}: {error.strerror}") from None
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise InputError(f"cannot read {path}: not a UTF-8 CSV table ({error})") from None
     if not rows or not {"image", "label"} <= set(rows[0]):
         raise InputError(f"{path} needs the columns 'image' and 'label' (and optionally 'split')")
     classes = sorted({row["label"] for row in rows})
@@ -137,6 +145,8 @@ def run_train(args: argparse.Namespace, progress) -> TrainClassifierResult:
     with OutputSet(inputs=[args.csv]) as outputs:  # checked before the images are read; written after training
         outputs.add_folder(args.out)
     images, labels, classes, splits = read_training_csv(Path(args.csv))
+    if args.folds > len(images):
+        raise InputError(f"--folds {args.folds}: there are only {len(images)} images to split")
     settings = TrainingSettings(
         architecture=args.architecture, input_size=args.size,
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate, folds=args.folds,

@@ -11,9 +11,10 @@ from typing import Any, Optional
 from ..enhancement import KINDS
 from ..errors import InputError
 from ..io import IMAGE_SUFFIXES, read_image, write_image
+from ..models.formats import model_files
 from ..outputs import OutputSet
 from ..protocol import Request, Result, options
-from .options import add_device, add_progress, add_trust, int_in
+from .options import add_device, add_progress, add_trust, int_in, number_in
 
 METHODS = ("filter", "network")  # denoise: filter (the default) or network; super-resolution: network
 
@@ -67,11 +68,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default=None,
                         help="a pretrained enhancement model (id, file or bundle) instead of a method")
     add_trust(parser)
-    parser.add_argument("--steps", type=int, default=None,
+    parser.add_argument("--steps", type=int_in(0, 10**7), default=None,
                         help="training steps of the self-supervised network (denoise: giving them chooses "
                              "--method network; default 300)")
-    parser.add_argument("--time-budget", type=float, default=None, help="stop self-supervised training after S s")
-    parser.add_argument("--wiener-passes", type=int, default=1,
+    parser.add_argument("--time-budget", type=number_in(0, 10**7, low_open=True), default=None,
+                        help="stop self-supervised training after S s")
+    parser.add_argument("--wiener-passes", type=int_in(0, 10), default=1,
                         help="denoise: grouped Wiener passes after the grouped hard thresholding of the image")
     parser.add_argument("--noise", choices=["auto", "rician", "gaussian"], default="auto",
                         help="denoise: the noise model (auto: rician, as in MR magnitude, unless a voxel is negative)")
@@ -136,7 +138,7 @@ def run_enhance(args: argparse.Namespace, progress) -> EnhanceResult:
     from ..enhancement.pretrained import enhance_with_model, enhancement_kind
     from ..models.loading import load_model
 
-    with OutputSet(inputs=[args.input, args.model]) as outputs:
+    with OutputSet(inputs=[args.input, *model_files(args.model)]) as outputs:
         output = outputs.add(args.output, IMAGE_SUFFIXES)
         if args.save_model and args.task != "denoise":
             raise InputError("--save-model keeps a self-trained denoiser: use it with --task denoise")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
@@ -12,8 +13,17 @@ def add_progress(parser: argparse.ArgumentParser) -> None:
                         help="terminal bar, JSON lines on stdout (the worker protocol), or nothing")
 
 
+def device_name(text: str) -> str:
+    """An argparse `type` for --device: one of DEVICE_CHOICES or cuda:N (whether it is available is checked
+    before the work, exit 6)."""
+    name = text.strip().lower()
+    if name in DEVICE_CHOICES or re.fullmatch(r"cuda:\d{1,3}", name):
+        return name
+    raise argparse.ArgumentTypeError(f"expected one of {', '.join(DEVICE_CHOICES)} or cuda:N, not {text!r}")
+
+
 def add_device(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto",
+    parser.add_argument("--device", default="auto", type=device_name,
                         help=f"one of {', '.join(DEVICE_CHOICES)} or cuda:N (auto: CUDA, then Apple MPS, then CPU)")
 
 
@@ -53,6 +63,22 @@ def int_in(low: int, high: int):
             value = low - 1
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"expected an integer from {low} to {high}, not {text!r}")
+        return value
+
+    return parse
+
+
+def number_in(low: float, high: float, low_open: bool = False):
+    """An argparse `type` for a finite number in low..high (above `low` when `low_open`)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not (low < value <= high if low_open else low <= value <= high):
+            bound = f"above {low}" if low_open else f"from {low}"
+            raise argparse.ArgumentTypeError(f"expected a number {bound} to {high}, not {text!r}")
         return value
 
     return parse

@@ -13,10 +13,11 @@ import numpy as np
 
 from ..errors import InputError
 from ..io import IMAGE_SUFFIXES, read_image, write_image
+from ..models.formats import model_files
 from ..outputs import OutputSet
 from ..protocol import Request, Result, options
 from ..registration.field_files import write_displacement_field
-from .options import add_device, add_progress, add_trust
+from .options import add_device, add_progress, add_trust, int_in, number_in
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--method", choices=["affine", "deformable"], default="deformable")
     parser.add_argument("--similarity", choices=["lncc", "mi"], default="lncc",
                         help="lncc: one modality; mi: mutual information for two modalities")
-    parser.add_argument("--smoothness", type=float, default=None, help="weight of the bending energy")
-    parser.add_argument("--iterations", type=int, default=None,
+    parser.add_argument("--smoothness", type=number_in(0, 10**6), default=None, help="weight of the bending energy")
+    parser.add_argument("--iterations", type=int_in(1, 10**6), default=None,
                         help="deformable steps at every pyramid level (default: 80, 60, 40 at 1/4, 1/2, 1)")
     parser.add_argument("--model", default=None, help="a learned registration model (meddl train-registration)")
     parser.add_argument("--refine", action="store_true", help="refine the model's deformation by optimisation")
@@ -95,8 +96,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                                             "align any one to any other (LNCC + bending energy).")
     train.add_argument("--images", nargs="+", required=True)
     train.add_argument("--out", required=True, help="model file (.pt); its card is written beside it (.json)")
-    train.add_argument("--steps", type=int, default=300)
-    train.add_argument("--time-budget", type=float, default=None)
+    train.add_argument("--steps", type=int_in(1, 10**7), default=300)
+    train.add_argument("--time-budget", type=number_in(0, 10**7, low_open=True), default=None)
     add_device(train)
     add_progress(train)
 
@@ -157,7 +158,7 @@ def run_register(args: argparse.Namespace, progress) -> RegisterResult:
 
     if bool(args.moving_labels) != bool(args.out_warped_labels):
         raise InputError("--moving-labels and --out-warped-labels go together")
-    with OutputSet(inputs=[args.fixed, args.moving, args.moving_labels, args.model]) as outputs:
+    with OutputSet(inputs=[args.fixed, args.moving, args.moving_labels, *model_files(args.model)]) as outputs:
         _declare_outputs(args, outputs)
         fixed, moving = read_image(args.fixed), read_image(args.moving)
         labels = read_image(args.moving_labels) if args.moving_labels else None

@@ -14,7 +14,7 @@ from ..models import catalog, store
 from ..models.card import parse_label_names
 from ..outputs import OutputSet
 from ..protocol import Request, Result, options
-from .options import add_device, add_progress, add_trust, voxel_counts
+from .options import add_device, add_progress, add_trust, int_in, number_in, voxel_counts
 
 
 @dataclass(frozen=True)
@@ -130,13 +130,14 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     where.add_argument("--install-as", help="install the bundle in the model library under this id")
     train.add_argument("--val-images", nargs="*", default=[], help="validation images (Dice goes into the card)")
     train.add_argument("--val-labels", nargs="*", default=[])
-    train.add_argument("--epochs", type=int, default=20)
-    train.add_argument("--steps-per-epoch", type=int, default=20)
-    train.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
+    train.add_argument("--epochs", type=int_in(1, 100000), default=20)
+    train.add_argument("--steps-per-epoch", type=int_in(1, 10**6), default=20)
+    train.add_argument("--time-budget", type=number_in(0, 10**7, low_open=True), default=None,
+                       help="stop after this many seconds")
     train.add_argument("--patch-size", default="auto", type=voxel_counts(3, keyword="auto"),
                        help="i,j,k voxels (default: about 64 mm per axis from the data's size and spacing)")
-    train.add_argument("--batch-size", type=int, default=2)
-    train.add_argument("--validate-every", type=int, default=5, help="epochs between validations")
+    train.add_argument("--batch-size", type=int_in(1, 4096), default=2)
+    train.add_argument("--validate-every", type=int_in(1, 100000), default=5, help="epochs between validations")
     train.add_argument("--few-shot", choices=["auto", "off"], default="auto",
                        help="auto: when only a few slices are labelled, train slice by slice on those slices")
     train.add_argument("--init-from", default=None, help="fine-tune from this bundle or model")

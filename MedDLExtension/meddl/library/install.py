@@ -209,8 +209,14 @@ def import_model(source: Path, model_id: str | None = None, card_fields: dict | 
                  trust: bool = False) -> store.InstalledModel:
     """Copy a bundle folder or zip, a TorchScript file or a checkpoint (+ card) into the library."""
     source = Path(source)
-    if not source.exists():
+    try:
+        found, regular = source.exists(), source.is_file() or source.is_dir()
+    except OSError as error:
+        raise ModelError(f"cannot import {source}: {error.strerror or error}") from None
+    if not found:
         raise ModelError(f"nothing to import at {source}")
+    if not regular:
+        raise ModelError(f"cannot import {source}: it is not a regular file or folder (a pipe or a device?)")
     model_id = catalog.check_user_id(model_id or _id_from(source, card_fields))
     staging = store.staging_folder(model_id)
     try:

@@ -210,6 +210,18 @@ def _parse_labels(items: Any, zero_allowed: bool = False) -> tuple[Label, ...]:
     return tuple(labels)
 
 
+def _check_finite(value: Any, source: str, where: str = "") -> None:
+    """Refuse NaN and infinity anywhere in a card (JSON has neither, but Python's parser accepts both)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ModelError(f"{source}: {where or 'a field'} must be a finite number, not {value}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(item, source, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_finite(item, source, f"{where}[{index}]")
+
+
 def card_from_dict(data: dict[str, Any], source: str = "model card") -> ModelCard:
     """Validate a card dictionary (required fields, task, models/card.schema.json, then what a schema cannot
     say); every problem is one ModelError that names the missing or wrong field."""
@@ -221,8 +233,12 @@ def card_from_dict(data: dict[str, Any], source: str = "model card") -> ModelCar
     task = get_task(data["task"], source)
     task.check_card(data, source)  # the task's own fields first: its messages say what the task expects
     check_schema(data, source)
+    for key in ("input", "inference", "output", "labels", "network", "enhancement", "registration"):
+        _check_finite(data.get(key), source, key)  # what computation reads; documentation fields may hold anything
     input_spec, inference, output = data["input"], data.get("inference", {}), data.get("output", {})
     intensity = input_spec.get("intensity") or {"method": "none"}
+    if intensity.get("method") == "range" and float(intensity.get("a_min", 0)) >= float(intensity.get("a_max", 1)):
+        raise ModelError(f"{source}: input.intensity.a_min must be below a_max")
     if intensity.get("method") not in INTENSITY_METHODS:
         raise ModelError(f"{source}: intensity method must be one of {', '.join(INTENSITY_METHODS)}")
     mode = output.get("mode", "argmax")

@@ -17,6 +17,18 @@ def is_bundle(folder: Path) -> bool:
     return (folder / "configs" / "metadata.json").is_file()
 
 
+def model_files(reference) -> list[Path]:
+    """The files a model reference reads (a model file and its card, or a folder); none for an id. A job's
+    outputs must not be one of them."""
+    try:
+        path = Path(reference) if reference else None
+        if path is None or not path.exists():
+            return []
+    except (OSError, ValueError):
+        return []
+    return [path] if path.is_dir() else [path, card_path_for(path)]
+
+
 def card_path_for(model_path: Path) -> Path:
     """The card of a model: inside a bundle folder, or beside a model file (model.pt -> model.json)."""
     return model_path / MEDDL_CARD if model_path.is_dir() else model_path.with_suffix(".json")

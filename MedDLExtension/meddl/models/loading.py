@@ -157,6 +157,11 @@ def _load_path(path: Path, trust: bool, card: str | Path | None, folds: Optional
                overrides: Optional[dict] = None) -> LoadedModel:
     if not path.exists():
         raise ModelError(f"model not found: {path} does not exist")
+    if not (path.is_file() or path.is_dir()):
+        raise ModelError(f"model {path} is not a regular file or folder (a pipe or a device?)")
+    card_file = Path(card) if card else (card_path_for(path) if path.is_file() else None)
+    if card_file is not None and card_file.exists() and not card_file.is_file():
+        raise ModelError(f"model card {card_file} is not a regular file")
     if path.is_dir() and nnunet_results_folder(path) is not None:
         return nnunet.load_nnunet(path, trust, folds, overrides=overrides)
     if path.is_dir():

@@ -59,8 +59,9 @@ class InstalledModel:
 
 
 def check_id(model_id: str) -> str:
-    if not ID_PATTERN.match(model_id or ""):
-        raise ModelError(f"model id {model_id!r} must be letters, digits, '.', '_' or '-' (at most 100)")
+    if not ID_PATTERN.match(model_id or "") or model_id.endswith("."):  # Windows drops a trailing dot
+        raise ModelError(f"model id {model_id!r} must be letters, digits, '.', '_' or '-' (at most 100, not ending "
+                         "in '.')")
     return model_id
 
 
@@ -111,8 +112,10 @@ def installed(model_id: str) -> InstalledModel | None:
 def check_new_id(model_id: str) -> str:
     """A valid id that no model (nor a folder left in the library) uses yet."""
     model_id = check_id(model_id)
-    if (models_dir() / model_id).exists():
-        raise ModelError(f"a model named {model_id!r} is already in the library; choose another name or remove "
+    root = models_dir()
+    taken = [p.name for p in root.iterdir() if p.name.lower() == model_id.lower()] if root.is_dir() else []
+    if taken:  # compared without case: on macOS and Windows they would be one folder
+        raise ModelError(f"a model named {taken[0]!r} is already in the library; choose another name or remove "
                          "it first")
     return model_id
 

@@ -11,6 +11,7 @@ from ..image import Image, blank_image
 from ..io import IMAGE_SUFFIXES, image_suffix, read_image, stack_channels_onto, write_image
 from ..models.card import Label, ModelCard
 from ..models.catalog import default_model
+from ..models.formats import model_files
 from ..models.loading import LoadedModel, load_model
 from ..outputs import OutputSet
 from ..progress import Progress, no_progress, scaled
@@ -61,7 +62,7 @@ def segment_file(input_path: str | Path, output_path: str | Path, model: str | N
     `more_inputs` are the further channels of a multi-channel model, in its order, each resampled onto the
     first input's grid."""
     report = progress or no_progress
-    with OutputSet(inputs=[input_path, *more_inputs]) as outputs:
+    with OutputSet(inputs=[input_path, *more_inputs, *model_files(model)]) as outputs:
         output_path = outputs.add(output_path, IMAGE_SUFFIXES)
         sidecar = outputs.add(labels_path_for(output_path))
         image = read_image(input_path)

@@ -153,9 +153,14 @@ def train_segmentation(pairs: Sequence[tuple[Image, Image]], labels: dict[int, s
     """
     settings, out = settings or SegmentationTrainingSettings(), Path(out)
     check_pairs(pairs, labels)
+    multiple = 2 ** (len(settings.channels) - 1)
     if settings.patch_size is None:
         settings = replace(settings, patch_size=default_patch_size([image for image, _ in pairs],
                                                                    len(settings.channels) - 1))
+    elif any(size < 16 or size % multiple for size in settings.patch_size):
+        raise InputError(f"the patch size {','.join(map(str, settings.patch_size))} must be at least 16 and a "
+                         f"multiple of {multiple} on each axis (the network halves it {multiple.bit_length() - 1} "
+                         "times)")
     if validation:
         check_pairs(validation, labels)
     if out.exists() and any(out.iterdir()):

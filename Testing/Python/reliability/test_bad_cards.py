@@ -207,3 +207,31 @@ def test_cards_made_by_python_may_use_tuples():
     card = card_dict(input={"channels": 1, "spacing": (1.0, 1.0, 1.0), "intensity": {"method": "none"}})
     card["labels"][0]["color"] = (0.5, 0.5, 0.5)
     assert card_from_dict(card).spacing == (1.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("change", [
+    {"inference": {"roi_size": [16, 16, 16], "overlap": float("nan")}},
+    {"input": {"channels": 1, "spacing": [1.0, float("inf"), 1.0]}},
+    {"input": {"channels": 1, "intensity": {"method": "range", "a_min": 100, "a_max": 0}}},
+])
+def test_non_finite_numbers_and_inverted_ranges_are_refused(change):
+    from meddl.models.card import card_from_dict
+    from meddl_testing import card_dict
+
+    with pytest.raises(ModelError):
+        card_from_dict({**card_dict(), **change})
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--images", "a", "--labels", "b", "--label-names", "1:A", "--out", "o", "--batch-size", "0"],
+    ["train", "--images", "a", "--labels", "b", "--label-names", "1:A", "--out", "o", "--epochs", "0"],
+    ["train-classifier", "--csv", "a.csv", "--out", "o", "--validation-fraction", "1.5"],
+    ["train-classifier", "--csv", "a.csv", "--out", "o", "--learning-rate", "nan"],
+    ["register", "f", "m", "--out-transform", "t.nii.gz", "--smoothness", "nan"],
+    ["register", "f", "m", "--out-transform", "t.nii.gz", "--iterations", "-1"],
+    ["enhance", "a", "b", "--task", "denoise", "--time-budget", "nan"],
+])
+def test_out_of_range_numbers_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and "Traceback" not in capsys.readouterr().err

@@ -115,7 +115,7 @@ def test_a_fifo_is_refused_without_waiting(models, tmp_path, capsys):
     assert "not a regular file" in error
 
 
-@pytest.mark.parametrize("device", ["cuda", "cuda:3", "foo"])
+@pytest.mark.parametrize("device", ["cuda", "cuda:3"])
 def test_the_device_is_checked_first_by_every_command(models, tmp_path, capsys, device):
     folder = models["folder"]
     image = str(folder / "noisy.nii.gz")
@@ -136,3 +136,43 @@ def test_an_error_starts_its_own_line_after_a_progress_bar():
     bar(0.4, "segmenting")
     _report_failure(bar, None, "InputError", "bad", 3, "error: bad")
     assert stream.getvalue().endswith("\n")
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha", ".nhdr", ".mhd"])
+def test_corrupt_compressed_nrrd_and_metaimage_data_are_input_errors(tmp_path, suffix):
+    path = write_image(blob_image(shape=(20, 20, 20)), tmp_path / f"image{suffix}")
+    data_file = {".nhdr": tmp_path / "image.raw.gz", ".mhd": tmp_path / "image.zraw"}.get(suffix, path)
+    data = bytearray(data_file.read_bytes())
+    data[-12] ^= 0xFF  # inside the deflate stream or its check value
+    data_file.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        read_image(path)
+
+
+def test_a_header_whose_data_file_is_a_pipe_or_a_device_is_refused(tmp_path):
+    path = write_image(blob_image(shape=(8, 8, 8)), tmp_path / "image.mhd", compress=False)
+    (tmp_path / "image.raw").unlink()
+    os.mkfifo(tmp_path / "image.raw")
+    with pytest.raises(InputError, match="not a regular file"):
+        read_image(path)
+    (tmp_path / "image.raw").unlink()
+    (tmp_path / "image.raw").symlink_to("/dev/zero")
+    with pytest.raises(InputError, match="not a regular file"):
+        read_image(path)
+
+
+def test_a_model_that_is_a_pipe_or_a_device_is_refused_at_once(models, tmp_path, capsys):
+    (tmp_path / "zero.pt").symlink_to("/dev/zero")
+    os.mkfifo(tmp_path / "pipe.pt")
+    for model in ("zero.pt", "pipe.pt"):
+        (tmp_path / model).with_suffix(".json").write_text("{}")
+        _refused(capsys, ["segment", str(models["folder"] / "noisy.nii.gz"), str(tmp_path / "s.nii.gz"), "--model",
+                          str(tmp_path / model)], 4)
+        capsys.readouterr()
+        assert main(["models", "import", str(tmp_path / model), "--id", "x"]) == 4
+
+
+def test_a_device_name_that_is_no_device_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["enhance", "a.nii.gz", str(tmp_path / "e.nii.gz"), "--task", "denoise", "--device", "gpu"])
+    assert exit_info.value.code == 2 and "expected one of auto, cpu, cuda, mps or cuda:N" in capsys.readouterr().err

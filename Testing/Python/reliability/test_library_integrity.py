@@ -339,3 +339,11 @@ def test_a_plain_pickle_that_is_not_a_checkpoint(tmp_path):
     path.write_bytes(pickle.dumps({"a": 1}, protocol=2))  # a pickle, but not torch.save's legacy layout
     with pytest.raises(ModelError, match="corrupt|not a PyTorch"):
         load_model(path)
+
+
+def test_ids_that_would_clash_on_macos_or_windows_are_refused(tmp_path, capsys):
+    model = _model(tmp_path, "mine")
+    assert main(["models", "import", str(model), "--id", "mine"]) == 0
+    for model_id in ("MINE", "mine.", f"{PACKAGE_ID}."):
+        capsys.readouterr()
+        assert main(["models", "import", str(model), "--id", model_id]) == 4, model_id

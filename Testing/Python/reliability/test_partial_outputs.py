@@ -91,7 +91,7 @@ def test_output_equal_to_the_input_is_refused(models, image, capsys):
     link.symlink_to(image)
     for output in (image, alias, link, image.parent / "." / image.name):
         error = _fails(capsys, ["segment", str(image), str(output), "--model", str(models["segmentation"])], 5)
-        assert "is the input" in error
+        assert "is (or is inside) the input" in error
         _fails(capsys, ["enhance", str(image), str(output), "--task", "denoise"], 5)
     assert image.read_bytes() == before
 
@@ -231,3 +231,58 @@ def test_training_outputs_are_checked_before_training(models, tmp_path, capsys):
                         "--epochs", "1"], 5)
         _fails(capsys, ["train-classifier", "--csv", str(tmp_path / "data.csv"), "--out", str(out)], 5)
     assert (tmp_path / "full" / "keep.txt").read_text() == "user file"
+
+
+def test_an_output_is_never_the_model_or_its_card(models, image, capsys):
+    model = models["classification"]
+    before = model.read_bytes(), model.with_suffix(".json").read_bytes()
+    for target in (model, model.with_suffix(".json")):
+        _fails(capsys, ["classify", str(image), "--model", str(model), "--csv", str(target)], 5)
+    _fails(capsys, ["segment", str(image), str(models["segmentation"].with_suffix(".json")), "--model",
+                    str(models["segmentation"])], 5)
+    assert (model.read_bytes(), model.with_suffix(".json").read_bytes()) == before
+
+
+def test_header_data_files_never_overwrite_an_input_or_another_output(models, tmp_path, capsys):
+    folder = models["folder"]
+    source = read_image(folder / "noisy.nii.gz")
+    header = write_image(source, tmp_path / "a.nhdr")
+    (tmp_path / "a.raw.gz").rename(tmp_path / "out.raw.gz")  # a header may name any data file
+    header.write_text(header.read_text().replace("a.raw.gz", "out.raw.gz"))
+    before = (tmp_path / "out.raw.gz").read_bytes()
+    _fails(capsys, ["segment", str(header), str(tmp_path / "out.nhdr"), "--model", str(models["segmentation"])], 5)
+    assert (tmp_path / "out.raw.gz").read_bytes() == before
+    common = ["register", str(folder / "fixed.nii.gz"), str(folder / "moving.nii.gz"), "--method", "affine"]
+    _fails(capsys, [*common, "--out-transform", str(tmp_path / "t.nhdr"), "--out-report", str(tmp_path / "t.raw")],
+           5)
+    _fails(capsys, [*common, "--out-transform", str(tmp_path / "t.nii.gz"), "--out-warped", str(tmp_path / "w.mhd"),
+                    "--out-report", str(tmp_path / "w.zraw")], 5)
+
+
+def test_a_commit_that_fails_half_way_leaves_the_folder_as_it_was(tmp_path):
+    (tmp_path / "b.txt").write_text("old b")
+    with OutputSet() as outputs:
+        for name in ("a.txt", "b.txt", "c"):
+            outputs.staged(tmp_path / name).write_text("new")
+        (tmp_path / "c").mkdir()  # a folder appears where the last output goes
+        (tmp_path / "c" / "x").write_text("user file")
+        with pytest.raises(OutputError, match="nothing was changed"):
+            outputs.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.txt", "c"]
+    assert (tmp_path / "b.txt").read_text() == "old b" and (tmp_path / "c" / "x").read_text() == "user file"
+
+
+def test_paths_too_long_for_the_system_are_one_line(models, image, tmp_path, capsys):
+    deep = tmp_path / ("d" * 300) / "labels.nii.gz"
+    very_long = tmp_path / "/".join(["e" * 200] * 25) / "labels.nii.gz"
+    for output in (deep, very_long):
+        _fails(capsys, ["segment", str(image), str(output), "--model", str(models["segmentation"])], 5)
+        _fails(capsys, ["classify", str(image), "--model", str(models["classification"]), "--csv", str(output)], 5)
+
+
+def test_saliency_names_are_distinct_whatever_the_stems():
+    from meddl.cli.classify import saliency_names
+
+    for inputs in (["a.nii.gz", "x/a.nii.gz", "a_1.nii.gz"], ["a", "a", "a_2_saliency"], ["d/", "e/d"]):
+        names = saliency_names(inputs)
+        assert len(set(names)) == len(names), names
