@@ -310,3 +310,15 @@ def write_dicom_series(image: Image, folder: Path, series: str = "1.2.826.0.1.36
         writer.SetFileName(str(files[-1]))
         writer.Execute(slice_image)
     return files
+
+
+def one_error_line(capsys, code: int, expected_code: int, words: str = "") -> str:
+    """The command's stderr, checked to be one `meddl: error:` line (with `words`), no traceback, and the exit
+    code expected."""
+    err = capsys.readouterr().err
+    assert code == expected_code, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("meddl: error:"), err
+    assert "Traceback" not in err and "unexpected error" not in err
+    assert words in lines[0], lines[0]
+    return lines[0]

@@ -15,7 +15,7 @@ from meddl.io import write_image
 from meddl.models import catalog
 from meddl.models.card import INTENSITY_METHODS, SCHEMA, card_from_dict, card_validator
 from meddl.models.loading import load_model
-from meddl_testing import blob_image, card_dict, write_bundle, write_state_dict_model
+from meddl_testing import blob_image, card_dict, one_error_line, write_bundle, write_state_dict_model
 
 
 def _set(path: str, value):
@@ -77,16 +77,6 @@ def _write_card(model: Path, card) -> None:
     model.with_suffix(".json").write_text(card if isinstance(card, str) else json.dumps(card))
 
 
-def _one_error_line(capsys, code: int, expected_code: int, words: str = "") -> str:
-    err = capsys.readouterr().err
-    assert code == expected_code, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("meddl: error:"), err
-    assert "Traceback" not in err and "unexpected error" not in err
-    assert words in lines[0], lines[0]
-    return lines[0]
-
-
 @pytest.mark.parametrize(("mutate", "words"), [case[1:] for case in BAD_FIELDS], ids=[case[0] for case in BAD_FIELDS])
 def test_segment_with_a_bad_card_is_one_line_and_exit_4(tmp_path, input_path, capsys, mutate, words):
     model = write_state_dict_model(tmp_path)
@@ -95,7 +85,7 @@ def test_segment_with_a_bad_card_is_one_line_and_exit_4(tmp_path, input_path, ca
     _write_card(model, card)
     code = main(["segment", str(input_path), str(tmp_path / "labels.nii.gz"), "--model", str(model),
                  "--device", "cpu", "--progress", "none"])
-    line = _one_error_line(capsys, code, 4, words)
+    line = one_error_line(capsys, code, 4, words)
     assert str(model.with_suffix(".json")) in line or "expects a spacing" in line  # the card file is named
     assert not (tmp_path / "labels.nii.gz").exists()
 
@@ -121,7 +111,7 @@ def test_classify_with_a_bad_card_is_one_line_and_exit_4(tmp_path, input_path, c
     _write_card(model, card)
     code = main(["classify", str(input_path), "--model", str(model), "--csv", str(tmp_path / "out.csv"),
                  "--device", "cpu", "--progress", "none"])
-    _one_error_line(capsys, code, 4, words)
+    one_error_line(capsys, code, 4, words)
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"", b"[1, 2", b"\xff\xfe{", b'{"name": 1e999999999}', b"[]",
@@ -132,7 +122,7 @@ def test_invalid_json_beside_a_checkpoint_names_the_file(tmp_path, input_path, c
     model.with_suffix(".json").write_bytes(content)
     outputs = [str(tmp_path / "labels.nii.gz")] if command == "segment" else ["--csv", str(tmp_path / "out.csv")]
     code = main([command, str(input_path), *outputs, "--model", str(model), "--device", "cpu", "--progress", "none"])
-    line = _one_error_line(capsys, code, 4)
+    line = one_error_line(capsys, code, 4)
     assert "model.json" in line
 
 
@@ -140,7 +130,7 @@ def test_importing_a_checkpoint_with_invalid_json_beside_it(tmp_path, capsys):
     model = write_state_dict_model(tmp_path)
     _write_card(model, "{not json")
     code = main(["models", "import", str(model)])
-    _one_error_line(capsys, code, 4, "model.json")
+    one_error_line(capsys, code, 4, "model.json")
 
 
 def test_importing_a_checkpoint_with_a_bad_card_field(tmp_path, capsys):
@@ -149,7 +139,7 @@ def test_importing_a_checkpoint_with_a_bad_card_field(tmp_path, capsys):
     card["inference"]["overlap"] = 1.5
     _write_card(model, card)
     code = main(["models", "import", str(model)])
-    _one_error_line(capsys, code, 4, "inference.overlap must be < 1")
+    one_error_line(capsys, code, 4, "inference.overlap must be < 1")
 
 
 def test_a_bundles_card_override_goes_through_the_schema(tmp_path):
@@ -216,7 +206,6 @@ def test_cards_made_by_python_may_use_tuples():
 ])
 def test_non_finite_numbers_and_inverted_ranges_are_refused(change):
     from meddl.models.card import card_from_dict
-    from meddl_testing import card_dict
 
     with pytest.raises(ModelError):
         card_from_dict({**card_dict(), **change})

@@ -20,7 +20,7 @@ from meddl.models.loading import load_model
 from meddl.registration.learned import learned_register
 from meddl.registration.optimise import RegistrationSettings
 from meddl.segmentation.predict import segment
-from meddl_testing import blob_image, card_dict
+from meddl_testing import blob_image, card_dict, one_error_line
 
 
 class Raises(torch.nn.Module):
@@ -79,23 +79,13 @@ def input_path(tmp_path: Path) -> Path:
     return write_image(blob_image(shape=(12, 12, 12), spacing=(1.0, 1.0, 1.0)), tmp_path / "input.nii.gz")
 
 
-def _one_error_line(capsys, code: int, expected_code: int, words: str) -> str:
-    err = capsys.readouterr().err
-    assert code == expected_code, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("meddl: error:"), err
-    assert "Traceback" not in err and "unexpected error" not in err
-    assert words in lines[0], lines[0]
-    return lines[0]
-
-
 @pytest.mark.parametrize("broken", list(BROKEN))
 def test_segment(tmp_path, input_path, capsys, broken):
     network, words = BROKEN[broken]
     model = _torchscript(network(), tmp_path / "model.ts", card_dict())
     code = main(["segment", str(input_path), str(tmp_path / "labels.nii.gz"), "--model", str(model),
                  "--device", "cpu", "--progress", "none"])
-    line = _one_error_line(capsys, code, 4, words)
+    line = one_error_line(capsys, code, 4, words)
     assert "'test-unet'" in line
     assert not (tmp_path / "labels.nii.gz").exists()
 
@@ -114,7 +104,7 @@ def test_enhance_with_a_model(tmp_path, input_path, capsys, network, words):
     model = _torchscript(network(), tmp_path / "denoiser.ts", card)
     code = main(["enhance", str(input_path), str(tmp_path / "out.nii.gz"), "--task", "denoise", "--model", str(model),
                  "--device", "cpu", "--progress", "none"])
-    _one_error_line(capsys, code, 4, words)
+    one_error_line(capsys, code, 4, words)
 
 
 def _classifier_card() -> dict:
@@ -130,7 +120,7 @@ def test_classify(tmp_path, input_path, capsys, broken, words):
     model = _torchscript(BROKEN[broken][0](), tmp_path / "classifier.ts", _classifier_card())
     code = main(["classify", str(input_path), "--model", str(model), "--csv", str(tmp_path / "out.csv"),
                  "--device", "cpu", "--progress", "none"])
-    _one_error_line(capsys, code, 4, words)
+    one_error_line(capsys, code, 4, words)
 
 
 class RegistrationRaises(torch.nn.Module):
