@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import pickletools
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,18 +100,23 @@ def load_torchscript(path: Path) -> torch.nn.Module:
     return module.eval()
 
 
-def load_checkpoint(path: Path, trust: bool) -> Any:
-    """torch.load with weights_only=True; a pickle needing code loads only when trusted."""
+CODE_REFUSAL = "holds pickled Python objects that can run code when loaded"
+
+
+def load_checkpoint(path: Path, trust: bool, allowed_globals: Sequence = (), refusal: str = CODE_REFUSAL) -> Any:
+    """torch.load with weights_only=True (also accepting `allowed_globals`, the types a format is known to
+    pickle); a pickle needing other code loads only when trusted, else ModelError "model file PATH `refusal`"."""
     if not looks_like_checkpoint(path):
         raise ModelError(f"model file {path} is corrupt or not a PyTorch model file (neither a torch.save "
                          "archive nor a pickle)")
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=not trust)
+        with torch.serialization.safe_globals(list(allowed_globals)):
+            return torch.load(str(path), map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as error:
         if ("weights_only" in str(error) or "Weights only" in str(error)) and _holds_a_pickle(path):
             raise ModelError(
-                f"model file {path} holds pickled Python objects that can run code when loaded; "
-                "load it only if you trust its source (--trust-model / 'trust this model')"
+                f"model file {path} {refusal}; load it only if you trust its source (--trust-model / 'trust this "
+                "model')"
             ) from None
         raise ModelError(f"model file {path} is corrupt: {_short(error)}") from None
     except Exception as error:  # torch's unpicklers raise many types on damaged bytes

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelError
+from . import networks
 from .card import card_from_dict
 from .formats import nnunet_results_folder
 from .loaded import LoadedModel
@@ -86,19 +87,9 @@ def _allowed_globals() -> list:
 def load_checkpoint(path: Path, trust: bool) -> dict:
     """An nnU-Net checkpoint, unpickled only into tensors, containers, numpy scalars and torch.device
     (anything else, such as an object whose unpickling runs code, only with `trust`)."""
-    try:
-        if trust:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        else:
-            with torch.serialization.safe_globals(_allowed_globals()):
-                checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unpickling failure is this checkpoint's problem
-        text = str(error).splitlines()[0] if str(error) else type(error).__name__
-        if "weights_only" in str(error) or "Unsupported global" in str(error):
-            raise ModelError(f"{path} holds objects other than nnU-Net's weights and settings ({text[:200]}); "
-                             "unpickling them could run code: pass --trust-model only if you trust its source") \
-                from None
-        raise ModelError(f"{path} is not a readable nnU-Net checkpoint: {text[:200]}") from None
+    checkpoint = networks.load_checkpoint(path, trust, _allowed_globals(),
+                                          "holds objects other than nnU-Net's weights and settings; unpickling "
+                                          "them could run code")
     if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
         raise ModelError(f"{path} is not an nnU-Net checkpoint (no network_weights)")
     return checkpoint
