@@ -51,13 +51,18 @@ def test_file_written_by_engine_loads_in_slicer_with_same_geometry(headless, obl
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), oblique_image.array)
 
 
+def _under_linear_transform(scene, node, row: int, column: int, value: float) -> None:
+    """Put `node` under a linear transform: the identity with one element set."""
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(row, column, value)
+    transform.SetMatrixTransformToParent(matrix)
+    node.SetAndObserveTransformNodeID(transform.GetID())
+
+
 def test_linear_parent_transform_is_applied(scene, oblique_image):
     node = volume_node_from_image(scene, oblique_image, "moved")
-    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
-    shift = vtk.vtkMatrix4x4()
-    shift.SetElement(0, 3, 10.0)
-    transform.SetMatrixTransformToParent(shift)
-    node.SetAndObserveTransformNodeID(transform.GetID())
+    _under_linear_transform(scene, node, 0, 3, 10.0)  # a shift
     expected = oblique_image.index_to_ras()
     expected[0, 3] += 10.0
     np.testing.assert_allclose(world_ijk_to_ras(node), expected, atol=1e-9)
@@ -75,11 +80,7 @@ def test_non_linear_parent_transform_is_refused(scene, oblique_image):
 def test_shearing_parent_transform_is_refused(scene, oblique_image):
     """A shear composed into IJKToRAS would be coerced to a rotation, moving results off the volume's voxels."""
     node = volume_node_from_image(scene, oblique_image, "sheared")
-    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
-    shear = vtk.vtkMatrix4x4()
-    shear.SetElement(0, 1, 0.4)
-    transform.SetMatrixTransformToParent(shear)
-    node.SetAndObserveTransformNodeID(transform.GetID())
+    _under_linear_transform(scene, node, 0, 1, 0.4)  # a shear
     with pytest.raises(InputError, match="sheared"):
         image_from_volume_node(node)
 
