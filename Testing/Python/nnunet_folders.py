@@ -4,7 +4,9 @@ A small real dataset (the MNI152 T1 from the nilearn wheel at 3 mm, labels 1 = g
 cases made by crops and flips) goes through nnU-Net's fingerprint extraction, experiment planning and
 preprocessing, then the stock `nnUNetTrainer` runs a few iterations on the CPU and writes
 `fold_X/checkpoint_final.pth`. The plans, dataset.json and checkpoints are nnU-Net's own; only the weights
-are barely trained (enough that a training case's prediction holds both labels).
+are barely trained (enough that a training case's prediction holds both labels). The "cascade" kind is planned
+by nnU-Net with a small GPU memory target, so that its planner adds 3d_lowres and 3d_cascade_fullres; the
+first stage trains on fold "all" and its validation writes the predictions the second stage trains on.
 
 Each kind is built in a temporary folder and renamed into the cache when complete, so an interrupted run leaves
 nothing half-made. The cache is keyed by nnunetv2's version and FOLDERS_VERSION; it lives in $MEDDL_TEST_CACHE,
@@ -37,9 +39,13 @@ KINDS = {
     "2d": (903, "2d", (0,), 1, False),
     "two-channel": (904, "3d_fullres", (0,), 2, False),
     "regions": (905, "3d_fullres", (0,), 1, True),
+    "cascade": (906, "3d_cascade_fullres", ("all",), 1, False),
 }
+# nnU-Net plans a 3d_lowres stage and a 3d_cascade_fullres after it only where the full-resolution patch covers
+# under a quarter of the median image: with this GPU memory target its own planner does so for this dataset
+PLANNER_GPU_GB = {"cascade": 0.05}
 # training iterations per fold: enough that a training case's prediction holds labels 1 and 2
-ITERATIONS = {"3d": 5, "3d-2folds": 5, "2d": 5, "two-channel": 5, "regions": 5}
+ITERATIONS = {"3d": 5, "3d-2folds": 5, "2d": 5, "two-channel": 5, "regions": 5, "cascade": 5}
 # kinds whose folds also run nnU-Net's validation (20 s a 3d fold on CPU, 2 min for 2d): the others have no
 # fold_X/validation folder, so export_zip needs "3d"
 VALIDATED = {"3d"}
@@ -87,9 +93,18 @@ def dataset_name(kind: str) -> str:
     return f"Dataset{KINDS[kind][0]:03d}_MNITissue{kind.replace('-', '').title()}"
 
 
-def results_folder_of(root: Path, kind: str) -> Path:
-    _, configuration, *_ = KINDS[kind]
+def results_folder_of(root: Path, kind: str, configuration: str | None = None) -> Path:
+    configuration = configuration or KINDS[kind][1]
     return root / "nnUNet_results" / dataset_name(kind) / f"{TRAINER}__{PLANS}__{configuration}"
+
+
+def _stages(kind: str) -> list[tuple[str, bool]]:
+    """(configuration, run nnU-Net's validation) in training order. A cascade's first stage is validated: that
+    writes its predictions for the second stage (predicted_next_stage), which trains on them."""
+    configuration = KINDS[kind][1]
+    if kind == "cascade":
+        return [("3d_lowres", True), (configuration, False)]
+    return [(configuration, kind in VALIDATED)]
 
 
 def make_results_folder(cache: Path | None, kind: str) -> Path:
@@ -216,33 +231,25 @@ def _build(root: Path, kind: str) -> None:
     dataset_id, configuration, folds, _, _ = KINDS[kind]
     start = time.perf_counter()
     with nnunet_environment(root):
-        import torch
         from nnunetv2.experiment_planning.plan_and_preprocess_api import (
             extract_fingerprints,
             plan_experiments,
             preprocess,
         )
-        from nnunetv2.run.run_training import get_trainer_from_args
 
         _write_raw(root / "nnUNet_raw", kind)
         extract_fingerprints([dataset_id], num_processes=1, check_dataset_integrity=True, show_progress_bar=False)
         # the planner calls torch.set_num_threads(nnUNet_n_proc_DA), which refuses 0; training needs 0
         os.environ[N_PROC_DA] = "1"
-        plans_identifier = plan_experiments([dataset_id])
+        plans_identifier = plan_experiments([dataset_id], gpu_memory_target_in_gb=PLANNER_GPU_GB.get(kind))
         os.environ[N_PROC_DA] = NNUNET_ENV[N_PROC_DA]
-        preprocess([dataset_id], plans_identifier, configurations=(configuration,), num_processes=(1,),
+        # a cascade's second stage uses the 3d_fullres data
+        data = tuple(dict.fromkeys(name.replace("3d_cascade_fullres", "3d_fullres") for name, _ in _stages(kind)))
+        preprocess([dataset_id], plans_identifier, configurations=data, num_processes=(1,) * len(data),
                    show_progress_bar=False)
-        for fold in folds:
-            trainer = get_trainer_from_args(str(dataset_id), configuration, fold, TRAINER, plans_identifier,
-                                            device=torch.device("cpu"))
-            trainer.num_epochs = 1
-            trainer.num_iterations_per_epoch = ITERATIONS[kind]
-            trainer.num_val_iterations_per_epoch = 1
-            trainer.run_training()
-            if kind in VALIDATED:  # fold_X/validation/summary.json, which nnUNetv2_export_model_to_zip requires
-                trainer.perform_actual_validation(False)
-            if kind != "3d":  # identical to checkpoint_final after one epoch; 45 MB each
-                (Path(trainer.output_folder) / "checkpoint_best.pth").unlink()
+        for stage, validate in _stages(kind):
+            for fold in folds:
+                _train(dataset_id, stage, fold, plans_identifier, kind, validate)
     folder = results_folder_of(root, kind)
     case = training_case(folder)
     labels, _ = reference_labels(folder, raw_cases(folder)[case], folds, mirroring=False,
@@ -254,8 +261,26 @@ def _build(root: Path, kind: str) -> None:
     (root / "build-seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
 
 
+def _train(dataset_id: int, configuration: str, fold, plans_identifier: str, kind: str, validate: bool) -> None:
+    import torch
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    trainer = get_trainer_from_args(str(dataset_id), configuration, fold, TRAINER, plans_identifier,
+                                    device=torch.device("cpu"))
+    trainer.num_epochs = 1
+    trainer.num_iterations_per_epoch = ITERATIONS[kind]
+    trainer.num_val_iterations_per_epoch = 1
+    trainer.run_training()
+    if validate:  # fold_X/validation/summary.json (nnUNetv2_export_model_to_zip requires it), next-stage inputs
+        trainer.perform_actual_validation(False)
+    if kind != "3d":  # identical to checkpoint_final after one epoch; 45 MB each
+        (Path(trainer.output_folder) / "checkpoint_best.pth").unlink()
+
+
 def training_case(results_folder: Path, fold: int = 0) -> str:
-    """A case fold `fold` trained on (nnU-Net's splits_final.json)."""
+    """A case fold `fold` trained on (nnU-Net's splits_final.json; fold "all" trains on every case)."""
+    if (Path(results_folder) / "fold_all").is_dir():
+        return sorted(raw_cases(results_folder))[0]
     root = Path(results_folder).parents[2]
     splits = root / "nnUNet_preprocessed" / Path(results_folder).parent.name / "splits_final.json"
     return sorted(json.loads(splits.read_text())[fold]["train"])[0]
@@ -267,29 +292,47 @@ def training_case(results_folder: Path, fold: int = 0) -> str:
 
 def reference_labels(results_folder: Path, input_files: list[Path], folds=(0,), mirroring: bool = True,
                      output_folder: Path | None = None) -> tuple[np.ndarray, Path]:
-    """nnU-Net's own prediction: the label map it writes (array in k, j, i order) and the written file."""
+    """nnU-Net's own prediction: the label map it writes (array in k, j, i order) and the written file.
+
+    For a cascade, as `nnUNetv2_predict` runs one: the first stage's labels are written, read back with the
+    dataset's reader (read_seg) and given to the second stage's predictor."""
     import SimpleITK as sitk
 
+    if output_folder is None:
+        output_folder = tempfile.mkdtemp(prefix="nnunet-reference-")
+    output_folder = Path(output_folder)
+    case = Path(input_files[0]).name[: -len("_0000.nii.gz")]
     with nnunet_environment():
-        import torch
         from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
-                                    device=torch.device("cpu"), perform_everything_on_device=False,
-                                    allow_tqdm=False)
-        predictor.initialize_from_trained_model_folder(str(results_folder), use_folds=tuple(folds),
-                                                       checkpoint_name="checkpoint_final.pth")
+        predictor = _predictor(results_folder, folds, mirroring)
         data, properties = SimpleITKIO().read_images([str(f) for f in input_files])
-        if output_folder is None:
-            output_folder = tempfile.mkdtemp(prefix="nnunet-reference-")
-        output_folder = Path(output_folder)
-        output_folder.mkdir(parents=True, exist_ok=True)
-        case = Path(input_files[0]).name[: -len("_0000.nii.gz")]
-        truncated = output_folder / case
-        predictor.predict_single_npy_array(data, properties, None, str(truncated), False)
-    path = output_folder / f"{case}{predictor.dataset_json['file_ending']}"
+        previous = None
+        first_stage = predictor.configuration_manager.previous_stage_name
+        if first_stage:
+            first_folder = Path(results_folder).parent / f"{TRAINER}__{PLANS}__{first_stage}"
+            path = _predict(_predictor(first_folder, folds, mirroring), data, dict(properties), None,
+                            output_folder / first_stage, case)
+            previous, _ = SimpleITKIO().read_seg(str(path))
+        path = _predict(predictor, data, properties, previous, output_folder, case)
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path))), path
+
+
+def _predictor(results_folder: Path, folds, mirroring: bool):
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
+                                device=torch.device("cpu"), perform_everything_on_device=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(results_folder), use_folds=tuple(folds),
+                                                   checkpoint_name="checkpoint_final.pth")
+    return predictor
+
+
+def _predict(predictor, data, properties: dict, previous, output_folder: Path, case: str) -> Path:
+    output_folder.mkdir(parents=True, exist_ok=True)
+    predictor.predict_single_npy_array(data, properties, previous, str(output_folder / case), False)
+    return output_folder / f"{case}{predictor.dataset_json['file_ending']}"
 
 
 def export_zip(results_folder_parent: Path, zip_path: Path, configurations=None, folds=None) -> Path:

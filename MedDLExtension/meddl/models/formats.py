@@ -10,7 +10,7 @@ from ..errors import ModelError
 
 MEDDL_CARD = "configs/meddl_card.json"  # MedDL's card inside a MONAI bundle, beside metadata.json
 MODEL_SUFFIXES = (".ts", ".pt", ".pth")  # a TorchScript file or a checkpoint, with its card beside it
-NNUNET_CONFIGURATIONS = ("3d_fullres", "2d", "3d_lowres")  # those MedDL runs, preferred first
+NNUNET_CONFIGURATIONS = ("3d_fullres", "3d_cascade_fullres", "2d", "3d_lowres")  # those MedDL runs, preferred first
 
 
 def is_bundle(folder: Path) -> bool:

@@ -21,9 +21,11 @@ import torch
 
 from ..errors import ModelError
 from . import networks
+from . import nnunet_postprocessing as postprocessing
 from .card import card_from_dict
 from .formats import nnunet_results_folder
 from .loaded import LoadedModel
+from .nnunet_postprocessing import Postprocessing
 
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth")
 
@@ -59,20 +61,31 @@ def _channel_names(dataset: dict, source: str) -> list[str]:
     return [str(names[key]) for key in sorted(names, key=lambda key: int(key))]
 
 
-def card_for(folder: Path, dataset: dict, configuration: str, folds: list[str], trainer: str) -> dict:
-    """The MedDL card of an nnU-Net results folder (labels and channels from dataset.json)."""
+def card_for(parts: NnunetParts) -> dict:
+    """The MedDL card of an nnU-Net results folder: labels and channels from dataset.json, the configuration,
+    folds, cascade stage and postprocessing in its provenance."""
+    folder, dataset = parts.folder, parts.dataset_json
     source = str(folder / "dataset.json")
     channels = _channel_names(dataset, source)
     name = folder.parent.name or folder.name
+    configuration = parts.configuration
+    stages = f"configuration {configuration}"
+    if parts.previous is not None:
+        stages += f" after {parts.previous.configuration} (folds " \
+                  f"{', '.join(parts.previous.folds)})"
+    steps = parts.postprocessing.describe() if parts.postprocessing else []
     return {
         "name": name, "title": f"{name} (nnU-Net {configuration})", "task": "segmentation",
         "description": str(dataset.get("description", "")),
         "license": str(dataset.get("licence") or dataset.get("license") or "not stated in dataset.json"),
         "input": {"channels": len(channels), "modality": ", ".join(channels)},
         "labels": _labels(dataset, source),
-        "provenance": f"nnU-Net v2 results folder {folder.name}: trainer {trainer}, configuration "
-                      f"{configuration}, folds {', '.join(folds)}",
-        "nnunet": {"configuration": configuration, "folds": folds, "channel_names": channels, "trainer": trainer},
+        "provenance": f"nnU-Net v2 results folder {folder.name}: trainer {parts.trainer_name}, {stages}, folds "
+                      f"{', '.join(parts.folds)}, postprocessing: {'; '.join(steps) or 'none'}",
+        "nnunet": {"configuration": configuration, "folds": parts.folds, "channel_names": channels,
+                   "trainer": parts.trainer_name, "postprocessing": steps,
+                   "previous_stage": parts.previous.configuration
+                   if parts.previous is not None else None},
     }
 
 
@@ -169,7 +182,8 @@ def _folds(folder: Path, folds: Optional[tuple[str, ...]]) -> list[tuple[str, Pa
 
 @dataclass
 class NnunetParts:
-    """What nnU-Net's predictor needs, built from the folder."""
+    """What nnU-Net's predictor needs for one stage, built from its results folder; a cascade's full-resolution
+    stage holds its low-resolution stage in `previous`, and `postprocessing` is applied to the final labels."""
 
     plans_manager: Any
     configuration_manager: Any
@@ -177,20 +191,19 @@ class NnunetParts:
     parameters: list[dict]
     trainer_name: str
     mirroring_axes: Optional[tuple[int, ...]]
+    network: Any
+    configuration: str
+    folds: list[str]
+    folder: Path
+    previous: Optional[NnunetParts] = None
+    postprocessing: Optional[Postprocessing] = None
 
 
-def load_nnunet(path: Path, trust: bool = False, folds: Optional[tuple[str, ...]] = None,
-                configuration: Optional[str] = None, overrides: Optional[dict] = None) -> LoadedModel:
-    """A LoadedModel running an nnU-Net v2 results folder (pipeline type "nnunet"); `overrides` replace card
-    fields derived from the folder (a catalog entry's, e.g. the input orientation its publisher feeds)."""
-    _require_nnunet()
+def _load_stage(folder: Path, trust: bool, folds: Optional[tuple[str, ...]]) -> NnunetParts:
+    """One results folder's plans, fold weights and network (built by its nnU-Net trainer)."""
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    folder = nnunet_results_folder(Path(path), configuration)
-    if folder is None:
-        raise ModelError(f"{path} is not an nnU-Net v2 results folder (plans.json, dataset.json, "
-                         "fold_*/checkpoint_final.pth)")
     plans, dataset = _read_json(folder / "plans.json"), _read_json(folder / "dataset.json")
     checkpoints = [(fold, load_checkpoint(file, trust)) for fold, file in _folds(folder, folds)]
     first = checkpoints[0][1]
@@ -199,20 +212,12 @@ def load_nnunet(path: Path, trust: bool = False, folds: Optional[tuple[str, ...]
     try:
         plans_manager = PlansManager(plans)
         configuration_manager = plans_manager.get_configuration(configuration_name)
+        label_manager = plans_manager.get_label_manager(dataset)
     except Exception as error:  # noqa: BLE001 - malformed plans
         raise ModelError(f"{folder / 'plans.json'} does not describe configuration {configuration_name!r}: "
                          f"{error}") from None
-    if configuration_manager.previous_stage_name:
-        raise ModelError(f"{folder.name} is a cascade stage (after {configuration_manager.previous_stage_name}); "
-                         "MedDL does not run nnU-Net cascades yet: use the 3d_fullres or 3d_lowres folder")
     _check_plans_code(configuration_manager, trust, str(folder / "plans.json"))
-    card_data = card_for(folder, dataset, configuration_name, [fold for fold, _ in checkpoints], trainer_name)
-    for key, value in (overrides or {}).items():
-        card_data[key] = {**card_data[key], **value} if isinstance(value, dict) and isinstance(
-            card_data.get(key), dict) else value
-    card = card_from_dict(card_data, f"nnU-Net folder {folder}")
     trainer = _trainer_class(trainer_name, trust)
-    label_manager = plans_manager.get_label_manager(dataset)
     try:
         network = trainer.build_network_architecture(
             plans_manager, configuration_manager, determine_num_input_channels(plans_manager, configuration_manager,
@@ -222,7 +227,58 @@ def load_nnunet(path: Path, trust: bool = False, folds: Optional[tuple[str, ...]
     except Exception as error:  # noqa: BLE001 - plans and weights that do not fit
         raise ModelError(f"the network of {folder} cannot be built from its plans and weights: {error}") from None
     mirroring = first.get("inference_allowed_mirroring_axes")
-    parts = NnunetParts(plans_manager, configuration_manager, dataset,
-                        [checkpoint["network_weights"] for _, checkpoint in checkpoints], trainer_name,
-                        tuple(mirroring) if mirroring is not None else None)
-    return LoadedModel(card, {"network": network.eval()}, {"type": "nnunet", "parts": parts}, str(folder))
+    return NnunetParts(plans_manager, configuration_manager, dataset,
+                       [checkpoint["network_weights"] for _, checkpoint in checkpoints], trainer_name,
+                       tuple(mirroring) if mirroring is not None else None, network.eval(), configuration_name,
+                       [fold for fold, _ in checkpoints], folder)
+
+
+def _previous_stage(folder: Path, name: str, trust: bool, folds: Optional[tuple[str, ...]]) -> NnunetParts:
+    """A cascade's low-resolution stage: the same trainer and plans, configuration `name`, beside `folder`."""
+    trainer, plans, _ = folder.name.split("__")
+    previous = folder.parent / f"{trainer}__{plans}__{name}"
+    if not previous.is_dir():
+        raise ModelError(f"{folder.name} is the second stage of an nnU-Net cascade: its first stage {previous.name} "
+                         f"must be beside it in {folder.parent}")
+    stage = _load_stage(previous, trust, folds)
+    if stage.configuration_manager.previous_stage_name:
+        raise ModelError(f"{previous.name} is itself a cascade stage; nnU-Net cascades have two stages")
+    return stage
+
+
+def load_nnunet(path: Path, trust: bool = False, folds: Optional[tuple[str, ...]] = None,
+                configuration: Optional[str] = None, overrides: Optional[dict] = None) -> LoadedModel:
+    """A LoadedModel running an nnU-Net v2 results folder (pipeline type "nnunet"); `overrides` replace card
+    fields derived from the folder (a catalog entry's, e.g. the input orientation its publisher feeds), labels
+    merged by value."""
+    _require_nnunet()
+    folder = nnunet_results_folder(Path(path), configuration)
+    if folder is None:
+        raise ModelError(f"{path} is not an nnU-Net v2 results folder (plans.json, dataset.json, "
+                         "fold_*/checkpoint_final.pth)")
+    parts = _load_stage(folder, trust, folds)
+    networks = {"network": parts.network}
+    if parts.configuration_manager.previous_stage_name:
+        parts.previous = _previous_stage(folder, parts.configuration_manager.previous_stage_name, trust, folds)
+        networks["previous stage"] = parts.previous.network
+    parts.postprocessing = postprocessing.load(folder, parts.folds, trust)
+    card = card_from_dict(_with_overrides(card_for(parts), overrides or {}), f"nnU-Net folder {folder}")
+    return LoadedModel(card, networks, {"type": "nnunet", "parts": parts}, str(folder))
+
+
+def _with_overrides(card: dict, overrides: dict) -> dict:
+    """`card` with a catalog entry's overrides: objects merged key by key, labels by value (so an entry can add
+    terminology to the labels dataset.json names), anything else replaced."""
+    card = dict(card)
+    for key, value in overrides.items():
+        if key == "labels" and isinstance(value, list):
+            by_value = {label.get("value"): label for label in value if isinstance(label, dict)}
+            unknown = sorted(set(by_value) - {label["value"] for label in card["labels"]}, key=str)
+            if unknown:
+                raise ModelError(f"the catalog entry gives labels {unknown} that the model does not have")
+            card["labels"] = [{**label, **by_value.get(label["value"], {})} for label in card["labels"]]
+        elif isinstance(value, dict) and isinstance(card.get(key), dict):
+            card[key] = {**card[key], **value}
+        else:
+            card[key] = value
+    return card

@@ -23,7 +23,10 @@ def test_results_folder_is_genuine_and_predicts_both_tissues(nnunet_results, kin
     assert ("regions_class_order" in dataset) == regions
     for fold in folds:
         assert (folder / f"fold_{fold}" / "checkpoint_final.pth").is_file()
-    assert not (folder / f"fold_{max(folds) + 1}").exists()
+    assert sorted(path.name for path in folder.glob("fold_*")) == [f"fold_{fold}" for fold in folds]
+    if configuration == "3d_cascade_fullres":  # planned by nnU-Net itself, its first stage beside it
+        assert plans["configurations"][configuration]["previous_stage"] == "3d_lowres"
+        assert (folder.parent / "nnUNetTrainer__nnUNetPlans__3d_lowres" / "fold_all" / "checkpoint_final.pth").is_file()
 
     case = training_case(folder)
     inputs = raw_cases(folder)[case]
