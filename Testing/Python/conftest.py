@@ -34,8 +34,8 @@ def mni() -> dict[str, Path]:
 def nnunet_results():
     """kind -> nnU-Net v2 results folder (Trainer__Plans__configuration), trained by nnU-Net on first use.
 
-    Kinds: "3d", "3d-2folds", "2d", "two-channel", "regions", "cascade" (see nnunet_folders.KINDS). Built lazily and cached
-    across sessions, so tests that do not call it pay nothing.
+    Kinds: "3d", "3d-2folds", "2d", "two-channel", "regions", "cascade" (see nnunet_folders.KINDS). Built
+    lazily and cached across sessions, so tests that do not call it pay nothing.
     """
     if importlib.util.find_spec("nnunetv2") is None:
         pytest.skip("nnunetv2 is not installed (make test installs it: requirements-dev.txt, Makefile)")

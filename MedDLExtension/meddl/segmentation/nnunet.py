@@ -93,9 +93,9 @@ class NnunetSegmenter:
         self.stages = [_Stage(parts, compute, mirroring) for parts in (self.parts.previous, self.parts) if parts]
 
     def _channels_first(self, image: Image) -> tuple[np.ndarray, Reorientation | None]:
-        """(C, k, j, i) as nnU-Net's SimpleITK reader gives it (in the image's own dtype), or the closest-canonical (RAS) voxel order for
-        models planned with nnU-Net's reorienting reader or whose card asks for it (as their publisher feeds
-        them)."""
+        """(C, k, j, i) in the image's own dtype, as nnU-Net's SimpleITK reader orders it; or in closest-canonical
+        (RAS) voxel order for models planned with nnU-Net's reorienting reader or whose card asks for it (as
+        their publisher feeds them)."""
         array = image.array if image.array.ndim == 4 else image.array[..., None]
         reader = self.parts.plans_manager.plans.get("image_reader_writer", "SimpleITKIO")
         if reader in REORIENTING_READERS or self.card.orientation == "RAS":
