@@ -48,6 +48,10 @@ def _label_field(label: Any, name: str) -> Any:
     return label[name] if isinstance(label, dict) else getattr(label, name)
 
 
+def _terminology(label: Any) -> dict | None:
+    return label.get("terminology") if isinstance(label, dict) else getattr(label, "terminology", None)
+
+
 def apply_label_map(scene, label_image: Image, labels: Sequence[Any], reference_volume=None,
                     segmentation_node=None, name: str | None = None):
     """Put one segment per label into `segmentation_node` (new if None) and return the node.
@@ -76,7 +80,7 @@ def apply_label_map(scene, label_image: Image, labels: Sequence[Any], reference_
             slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
                 oriented, segmentation_node, segment_id,
                 slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE, oriented.GetExtent())
-            tag = terminology_tag(_label_field(label, "terminology"))
+            tag = terminology_tag(_terminology(label))
             if tag:
                 segmentation.GetSegment(segment_id).SetTerminology(tag)
     finally:
@@ -103,7 +107,14 @@ def place_beside_in_hierarchy(scene, node, reference_node) -> None:
 
 
 def label_map_from_segmentation(segmentation_node, reference_volume, segment_names: Sequence[str]) -> np.ndarray:
-    """KJI label array on the reference volume's grid: segment i (1-based in `segment_names`) -> i.
+    """KJI label array on the reference volume's grid: segment i (1-based in `segment_names`) -> i."""
+    segmentation = segmentation_node.GetSegmentation()
+    return label_map_from_segment_ids(segmentation_node, reference_volume,
+                                      [segmentation.GetSegmentIdBySegmentName(name) for name in segment_names])
+
+
+def label_map_from_segment_ids(segmentation_node, reference_volume, segment_ids: Sequence[str]) -> np.ndarray:
+    """KJI label array on the reference volume's grid: segment `segment_ids[i]` -> i + 1.
 
     The export's helper nodes (label map, its display node, a color table) are removed again.
     """
@@ -112,8 +123,8 @@ def label_map_from_segmentation(segmentation_node, reference_volume, segment_nam
     label_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "meddl-export")
     try:
         ids = vtk.vtkStringArray()
-        for segment_name in segment_names:
-            ids.InsertNextValue(segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(segment_name))
+        for segment_id in segment_ids:
+            ids.InsertNextValue(segment_id)
         slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
             segmentation_node, ids, label_node, reference_volume)
         return np.array(slicer.util.arrayFromVolume(label_node), copy=True)

@@ -14,6 +14,7 @@ from ..models import catalog, store
 from ..models.card import parse_label_names
 from ..outputs import OutputSet
 from ..protocol import Request, Result, options
+from .fill import FillRequest, add_fill, run_fill
 from .options import add_device, add_progress, add_trust, int_in, number_in, voxel_counts
 
 
@@ -50,6 +51,7 @@ class SegmentRequest(Request):
 def add_commands(commands: argparse._SubParsersAction) -> None:
     _add_segment(commands)
     _add_train(commands)
+    add_fill(commands)
 
 
 def _add_segment(commands: argparse._SubParsersAction) -> None:
@@ -180,5 +182,5 @@ def run_train(args: argparse.Namespace, progress) -> TrainResult:
     return TrainResult(str(result.folder), result.validation_dice, result.history, args.install_as)
 
 
-RUNNERS = {"segment": run_segment, "train": run_train}
-REQUESTS = (SegmentRequest, TrainRequest)
+RUNNERS = {"segment": run_segment, "train": run_train, "fill": run_fill}
+REQUESTS = (SegmentRequest, TrainRequest, FillRequest)
