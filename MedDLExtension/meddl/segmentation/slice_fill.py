@@ -1,7 +1,8 @@
 """Fill from drawn slices: a slice network trained on the few slices a user painted segments the slices between.
 
-A slice counts as drawn along an axis when its painted voxels cover an area (a 2 x 2 block of voxels), not just
-the lines where slices drawn along another axis cross it; so slices can be drawn along any axes, at any spacing.
+A slice counts as drawn along an axis when its painted voxels cover an area (2 x 2 blocks of voxels) that the
+slices drawn along other axes do not explain (they cross it in lines, or bands where neighbouring slices were
+drawn); so slices can be drawn along any axes, at any spacing, neighbours included.
 On a drawn slice every voxel is known: painted voxels carry their label, the others are background. A 2D
 U-Net trains on random patches of the drawn slices of every axis (nothing else reaches the loss), then
 predicts every slice along each drawn axis; the class probabilities of the axes are averaged, weighted by
@@ -53,19 +54,50 @@ class FillResult:
     history: list[float] = field(default_factory=list)  # training loss every 25 steps
 
 
+def _areas(uncovered: np.ndarray, axis: int) -> np.ndarray:
+    """Voxels of `uncovered` at the corner of a fully painted AREA_BLOCK x AREA_BLOCK block in their slice
+    along `axis`."""
+    block = [AREA_BLOCK] * 3
+    block[axis] = 1
+    return ndimage.binary_erosion(uncovered, structure=np.ones(block, bool))
+
+
 def drawn_slices(painted: np.ndarray) -> dict[int, np.ndarray]:
-    """Array axis -> indices of the slices along it whose painted voxels cover an area."""
-    union = painted > 0
-    found = {}
-    for axis in range(3):
-        block = [AREA_BLOCK] * 3
-        block[axis] = 1
-        eroded = ndimage.binary_erosion(union, structure=np.ones(block, bool))
-        other = tuple(a for a in range(3) if a != axis)
-        indices = np.flatnonzero(eroded.any(axis=other))
-        if len(indices):
-            found[axis] = indices
-    return found
+    """Array axis -> indices of the slices drawn along it.
+
+    Greedy: the slice (of any axis) whose not yet explained painted voxels cover the largest area is drawn, its
+    voxels are explained, and so on while some slice still holds an area. Slices drawn along one axis cross
+    the others in lines (bands, where neighbouring slices were drawn), which are explained once those slices
+    are: so slices along any axes, neighbours included, count only where they were drawn."""
+    uncovered = painted > 0
+    areas = [_areas(uncovered, axis) for axis in range(3)]
+    found: dict[int, list[int]] = {}
+    while True:
+        counts = [area.sum(axis=tuple(b for b in range(3) if b != axis)) for axis, area in enumerate(areas)]
+        axis = int(np.argmax([count.max() for count in counts]))
+        index = int(np.argmax(counts[axis]))
+        if counts[axis][index] == 0:
+            return {axis: np.array(sorted(indices)) for axis, indices in sorted(found.items())}
+        found.setdefault(axis, []).append(index)
+        _explain(uncovered, areas, axis, index)
+
+
+def _explain(uncovered: np.ndarray, areas: list[np.ndarray], axis: int, index: int) -> None:
+    """Mark slice `index` along `axis` as drawn and update the areas of the slices it crosses."""
+    plane = [slice(None)] * 3
+    plane[axis] = index
+    uncovered[tuple(plane)] = False
+    areas[axis][tuple(plane)] = False
+    low, high = max(index - AREA_BLOCK, 0), min(index + AREA_BLOCK + 1, uncovered.shape[axis])
+    slab = [slice(None)] * 3
+    slab[axis] = slice(low, high)
+    inner_low, inner_high = max(index - AREA_BLOCK + 1, 0) - low, min(index + AREA_BLOCK, high) - low
+    inner = [slice(None)] * 3
+    inner[axis] = slice(low + inner_low, low + inner_high)
+    local = [slice(None)] * 3
+    local[axis] = slice(inner_low, inner_high)
+    for other in (b for b in range(3) if b != axis):
+        areas[other][tuple(inner)] = _areas(uncovered[tuple(slab)], other)[tuple(local)]
 
 
 def fill_region(drawn: dict[int, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
