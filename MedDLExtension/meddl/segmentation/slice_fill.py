@@ -33,12 +33,13 @@ AREA_BLOCK = 2  # a drawn slice holds at least one fully painted AREA_BLOCK x AR
 @dataclass
 class FillSettings:
     steps: int = 400  # training steps of a first round
-    warm_steps: int = 150  # training steps when starting from a previous round's network
+    warm_steps: int = 120  # training steps when starting from a previous round's network
     time_budget_s: Optional[float] = 45.0  # training stops at this many seconds even if steps remain
     batch_size: int = 8
     patch: int = 96  # in-plane patch size (voxels)
     channels: tuple[int, ...] = (16, 32, 64, 128)
     learning_rate: float = 3e-3
+    warm_learning_rate: float = 1e-3  # fine-tuning a previous round's network: smaller steps keep what it learnt
     seed: int = 0
     device: str = "auto"
 
@@ -167,13 +168,15 @@ class _Slices:
                 torch.nn.functional.pad(label[box], pad)[None])
 
 
-def _train(network, slices: _Slices, steps: int, settings: FillSettings, device, report: Callable,
+def _train(network, slices: _Slices, warm: bool, settings: FillSettings, device, report: Callable,
            history: list[float]) -> int:
     from monai.losses import DiceCELoss
 
+    steps = settings.warm_steps if warm else settings.steps
+    rate = settings.warm_learning_rate if warm else settings.learning_rate
     loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
-    optimiser = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, settings.learning_rate, total_steps=steps)
+    optimiser = torch.optim.AdamW(network.parameters(), lr=rate)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, rate, total_steps=steps)
     network.train()
     start = time.perf_counter()
     for step in range(steps):
@@ -233,11 +236,14 @@ def fill_from_slices(image: Image, painted: Image, values: Optional[list[int]] =
     y = torch.from_numpy(np.where(np.isin(labels, values), labels, 0).astype(np.int64))
     history: list[float] = []
     steps = _train(network, _Slices(x, y, drawn, settings.patch, settings.seed),
-                   settings.warm_steps if warm else settings.steps, settings, compute.device, report, history)
+                   warm, settings, compute.device, report, history)
     report(0.8, "filling the slices between")
     weights = {axis: len(indices) for axis, indices in drawn.items() if len(indices) >= 2}
-    filled = _probabilities(network, x, weights, classes, compute.device).argmax(0).numpy().astype(np.uint8)
-    filled[~fill_region(drawn, labels.shape)] = 0
+    region = fill_region(drawn, labels.shape)
+    box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in np.nonzero(region))  # predict only there
+    filled = np.zeros(labels.shape, np.uint8)
+    filled[box] = _probabilities(network, x[box], weights, classes, compute.device).argmax(0).numpy()
+    filled[~region] = 0
     filled[~np.isin(filled, values)] = 0
     _keep_drawn(filled, labels, drawn)
     new_state = {"format": STATE_FORMAT, "classes": classes, "channels": list(settings.channels),
