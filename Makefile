@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.meddl-installed
 
-.PHONY: demo test lint benchmark benchmark-classification benchmark-training benchmark-enhancement benchmark-registration benchmark-nnunet clean
+.PHONY: demo test lint benchmark benchmark-classification benchmark-training benchmark-enhancement benchmark-registration benchmark-nnunet benchmark-editor-fill clean
 
 $(STAMP): pyproject.toml constraints.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,9 @@ benchmark-registration: $(STAMP)
 
 benchmark-nnunet: $(STAMP)
 	$(PY) benchmarks/nnunet.py
+
+benchmark-editor-fill: $(STAMP)
+	$(PY) benchmarks/editor_fill.py
 
 clean:
 	rm -rf $(VENV) demo-output

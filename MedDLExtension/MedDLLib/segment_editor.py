@@ -30,7 +30,7 @@ from meddl.cli.segment import SegmentRequest, SegmentResult
 from meddl.errors import InputError
 from meddl.image import Image, check_volume
 from meddl.io import read_image, write_image
-from meddl.segmentation.slice_fill import check_painting, drawn_slices
+from meddl.painting import check_painting, drawn_slices
 
 from .jobs import FolderJob
 from .segmentations import apply_label_map, label_map_from_segment_ids, oriented_mask, terminology_tag

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import ctk
+import numpy as np
 import slicer
 from meddl.device import DEVICE_CHOICES
 from meddl.models import catalog, store
@@ -25,6 +28,9 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+# The MedDL Segment Editor effect; Slicer names its module after the folder and its class after the file.
+EDITOR_EFFECT_SOURCE = Path(__file__).resolve().parent / "SegmentEditorMedDL" / "SegmentEditorEffect.py"
+
 
 class MedDLSegmentation(ScriptedLoadableModule):
     """Module description shown in Slicer's module list."""
@@ -38,11 +44,25 @@ class MedDLSegmentation(ScriptedLoadableModule):
         self.parent.helpText = _(
             "Segment a volume with a deep-learning model (a catalogued model, a MONAI bundle, a TorchScript "
             "file or a checkpoint with its model card). The model runs in a background process: the "
-            "progress bar moves, Cancel stops it at any moment, and the scene changes only when it succeeds."
+            "progress bar moves, Cancel stops it at any moment, and the scene changes only when it succeeds. "
+            "The Segment Editor gains a MedDL effect: fill between painted slices, or a model inside a ROI."
         )
         self.parent.acknowledgementText = _(
             "Built on PyTorch and MONAI. The default brain-extraction model is deepbet (MIT licence)."
         )
+        slicer.app.connect("startupCompleted()", registerEditorEffect)
+
+
+def registerEditorEffect() -> bool:
+    """Add the MedDL effect to the Segment Editor's effects (once Slicer has started, as extensions do)."""
+    import qSlicerSegmentationsEditorEffectsPythonQt as effects
+
+    effect = effects.qSlicerSegmentEditorScriptedEffect(None)
+    if not effect.setPythonSource(EDITOR_EFFECT_SOURCE.as_posix()):  # Slicer has logged the reason
+        logging.error("MedDL: the Segment Editor effect %s could not be loaded", EDITOR_EFFECT_SOURCE)
+        return False
+    effect.self().register()
+    return True
 
 
 @parameterNodeWrapper
@@ -209,6 +229,8 @@ class MedDLSegmentationTest(ScriptedLoadableModuleTest):
         self.test_brain_extraction_on_sample_data()
         self.setUp()
         self.test_cancel_leaves_scene_unchanged()
+        self.setUp()
+        self.test_editor_effect_fill_apply_undo()
 
     def _sampleVolume(self):
         import SampleData
@@ -272,3 +294,44 @@ class MedDLSegmentationTest(ScriptedLoadableModuleTest):
         self.assertEqual(job.state, JobState.CANCELLED)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodeCount)
         self.delayDisplay("Cancel passed")
+
+    def test_editor_effect_fill_apply_undo(self):
+        """The MedDL Segment Editor effect is registered, fills a ball painted on every 6th slice into a preview,
+        and Apply writes it as one step of the editor's own Undo."""
+        self.delayDisplay("MedDL Segment Editor effect: fill, apply, undo")
+        volume = self._sampleVolume()
+        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        segmentationNode.CreateDefaultDisplayNodes()
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        segmentId = segmentationNode.GetSegmentation().AddEmptySegment("", "Ball")
+        k, j, i = np.ogrid[tuple(slice(0, n) for n in slicer.util.arrayFromVolume(volume).shape)]
+        ball = ((k - 65) ** 2 / 2 + (j - 128) ** 2 + (i - 128) ** 2 < 30**2) & (k % 6 == 0)
+        slicer.util.updateSegmentBinaryLabelmapFromArray(ball.astype(np.uint8), segmentationNode, segmentId, volume)
+        editor = slicer.qMRMLSegmentEditorWidget()
+        editor.setMRMLScene(slicer.mrmlScene)
+        editor.setMRMLSegmentEditorNode(slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode"))
+        editor.setSegmentationNode(segmentationNode)
+        editor.setSourceVolumeNode(volume)
+        editor.setMaximumNumberOfUndoStates(5)
+        editor.setActiveEffectByName("MedDL")
+        self.assertIsNotNone(editor.activeEffect(), "the MedDL effect is not registered")
+        effect = editor.activeEffect().self()
+        effect.scriptedEffect.setParameter("Device", "cpu")
+        effect.fillButton.click()
+        deadline = time.monotonic() + 600
+        while effect.runner.running and time.monotonic() < deadline:
+            slicer.app.processEvents()
+            time.sleep(0.05)
+        self.assertIsNotNone(effect.preview, effect.statusLabel.text)
+
+        def voxels():
+            return int(slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volume).sum())
+
+        self.assertEqual(voxels(), int(ball.sum()))  # only a preview until Apply
+        effect.applyButton.click()
+        self.assertGreater(voxels(), 2 * int(ball.sum()))  # the slices between are filled
+        editor.undo()
+        self.assertEqual(voxels(), int(ball.sum()))
+        editor.setActiveEffect(None)
+        effect.cleanup()
+        self.delayDisplay("Segment Editor effect passed")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import InputError
+from ..io import IMAGE_SUFFIXES, read_image, write_image
 from ..outputs import OutputSet
 from ..protocol import Request, Result, options
 from .options import add_device, add_progress, int_in
@@ -86,7 +87,6 @@ def _read_state(path: Optional[str]) -> Optional[dict]:
 def run_fill(args: argparse.Namespace, progress) -> FillResult:
     import torch
 
-    from ..io import IMAGE_SUFFIXES, read_image, write_image
     from ..segmentation.slice_fill import FillSettings, fill_from_slices
 
     if args.state_out is not None and not args.state_out.endswith(STATE_SUFFIX):

@@ -9,7 +9,8 @@ import torch
 from meddl.cli import main
 from meddl.errors import InputError
 from meddl.io import read_image, write_image
-from meddl.segmentation.slice_fill import FillSettings, drawn_slices, fill_from_slices
+from meddl.painting import drawn_slices
+from meddl.segmentation.slice_fill import FillSettings, fill_from_slices
 from meddl_testing import mni_tissue_volume, one_error_line
 
 QUICK = FillSettings(steps=60, warm_steps=30, time_budget_s=None, channels=(8, 16, 32, 64))

@@ -50,7 +50,8 @@ def test_module_cmake_lists_every_file(module):
     folder = EXTENSION / module
     scripts = _module_file_list(module, "MODULE_PYTHON_SCRIPTS")
     resources = _module_file_list(module, "MODULE_PYTHON_RESOURCES")
-    assert scripts == {p.name for p in folder.glob("*.py")} == {f"{module}.py"}
+    assert scripts == _files(folder, "*.py")  # the module, and in subfolders what it loads (editor effects)
+    assert {p.name for p in folder.glob("*.py")} == {f"{module}.py"}
     assert resources == {f"Resources/{r}" for r in _files(folder / "Resources", "*.*")}
     text = (folder / "CMakeLists.txt").read_text()
     assert "WITH_GENERIC_TESTS" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
@@ -71,6 +72,99 @@ def test_no_stray_python_files_in_module_folders():
     """Slicer treats every .py directly in a module folder as a module."""
     for module in MODULES:
         assert [p.name for p in (EXTENSION / module).glob("*.py")] == [f"{module}.py"]
+
+
+EDITOR_EFFECTS = {"MedDLSegmentation": "SegmentEditorMedDL/SegmentEditorEffect.py"}  # module -> effect source
+EFFECT_METHODS = {"clone", "icon", "helpText", "setupOptionsFrame", "createCursor", "activate", "deactivate",
+                  "setMRMLDefaults", "updateGUIFromMRML", "updateMRMLFromGUI", "cleanup"}
+# Loads an effect file the way Slicer's setPythonSource does (module named after the folder, class after the file),
+# with stand-ins for what only Slicer's application has (qt, SegmentEditorEffects); reports what it found.
+EFFECT_PROBE = """
+import importlib.util, json, sys, types
+from pathlib import Path
+sys.modules["qt"] = types.ModuleType("qt")
+effects = types.ModuleType("SegmentEditorEffects")
+class AbstractScriptedSegmentEditorEffect:
+    def __init__(self, scriptedEffect):
+        self.scriptedEffect = scriptedEffect
+effects.AbstractScriptedSegmentEditorEffect = AbstractScriptedSegmentEditorEffect
+sys.modules["SegmentEditorEffects"] = effects
+path = Path(sys.argv[1])
+class_name = path.stem if path.stem.endswith("Effect") else path.stem + "Effect"
+spec = importlib.util.spec_from_file_location(path.parent.name, path)
+module = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = module
+spec.loader.exec_module(module)
+cls = getattr(module, class_name, None)
+found = {"heavy": sorted(m for m in ("torch", "monai") if m in sys.modules), "class": cls is not None}
+if cls is not None:
+    effect = cls(types.SimpleNamespace())
+    found.update(subclass=issubclass(cls, AbstractScriptedSegmentEditorEffect), methods=sorted(vars(cls)),
+                 name=effect.scriptedEffect.name, help=effect.helpText(), icon=str(getattr(module, "ICON", "")))
+print(json.dumps(found))
+"""
+
+
+@pytest.fixture(scope="module")
+def probed_effects() -> dict[str, dict]:
+    import subprocess
+    import sys
+
+    found = {}
+    for module, source in EDITOR_EFFECTS.items():
+        out = subprocess.run([sys.executable, "-c", EFFECT_PROBE, str(EXTENSION / module / source)],
+                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(EXTENSION)})
+        assert out.returncode == 0, out.stderr[-3000:]
+        found[module] = json.loads(out.stdout.strip().splitlines()[-1])
+    return found
+
+
+@pytest.mark.parametrize(("module", "source"), EDITOR_EFFECTS.items())
+def test_editor_effect_is_installed_with_its_module(module, source):
+    assert (EXTENSION / module / source).is_file()
+    assert source in _module_file_list(module, "MODULE_PYTHON_SCRIPTS")
+
+
+@pytest.mark.parametrize("module", EDITOR_EFFECTS)
+def test_editor_effect_loads_without_torch_and_defines_the_effect(probed_effects, module):
+    """Slicer loads the effect when it starts, before MedDL's first-use install of torch: nothing it imports may
+    load torch or MONAI, and the class Slicer looks for must be there with the methods the editor calls."""
+    found = probed_effects[module]
+    assert found["heavy"] == [], f"importing the effect loads {found['heavy']}"
+    assert found["class"] and found["subclass"]
+    assert not EFFECT_METHODS - set(found["methods"]), "missing methods"
+    assert found["name"] == "MedDL" and found["help"]
+
+
+@pytest.mark.parametrize("module", EDITOR_EFFECTS)
+def test_editor_effect_icon_is_installed(probed_effects, module):
+    icon = Path(probed_effects[module]["icon"]).resolve()
+    assert icon.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert str(icon.relative_to(EXTENSION / module)) in _module_file_list(module, "MODULE_PYTHON_RESOURCES")
+
+
+def _registered_effect_sources(path: Path) -> list[Path]:
+    """The files a module passes to setPythonSource: names bound to `Path(__file__)...parent / "dir" / "x.py"`."""
+    tree = ast.parse(path.read_text())
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+             and node.func.attr == "setPythonSource"]
+    passed = {name.id for call in calls for arg in call.args for name in ast.walk(arg) if isinstance(name, ast.Name)}
+    sources = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id in passed for t in node.targets) \
+                and any(isinstance(n, ast.Name) and n.id == "__file__" for n in ast.walk(node.value)):
+            parts = [n.value for n in ast.walk(node.value) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+            sources.append(path.parent.joinpath(*sorted(parts, key=lambda part: part.endswith(".py"))))
+    return sources
+
+
+@pytest.mark.parametrize(("module", "source"), EDITOR_EFFECTS.items())
+def test_module_registers_its_editor_effect_at_startup(module, source):
+    path = EXTENSION / module / f"{module}.py"
+    text = path.read_text()
+    assert re.search(r'slicer\.app\.connect\("startupCompleted\(\)", \w+\)', text)
+    assert "qSlicerSegmentEditorScriptedEffect(None)" in text and ".self().register()" in text
+    assert _registered_effect_sources(path) == [EXTENSION / module / source]
 
 
 def _imports(path: Path) -> set[str]:
