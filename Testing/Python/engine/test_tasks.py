@@ -136,7 +136,8 @@ REQUIRED = {"SegmentRequest": {"input": "in.nii.gz", "output": "out.nii.gz"},
             "ClassifyRequest": {"inputs": ("a.png", "b.png"), "model": "m", "csv": "c.csv"},
             "EnhanceRequest": {"input": "in.nii.gz", "output": "out.nii.gz"},
             "RegisterRequest": {"fixed": "f.nii.gz", "moving": "m.nii.gz", "out_transform": "t.nii.gz"},
-            "InstallRequest": {"model_id": "x"}, "ImportRequest": {"path": "p.pt"}}
+            "InstallRequest": {"model_id": "x"}, "ImportRequest": {"path": "p.pt"},
+            "FillRequest": {"image": "i.nii.gz", "painted": "p.nii.gz", "output": "o.nii.gz"}}
 DESTS = {"time_budget_s": "time_budget", "model_id": "id"}  # request field -> the parser's name for it
 
 
