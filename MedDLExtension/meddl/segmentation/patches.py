@@ -78,9 +78,10 @@ class PatchDataset(torch.utils.data.Dataset):
         half = torch.tensor(self.patch) // 2
         start = torch.minimum(torch.clamp(centre - half, min=0), torch.clamp(size - torch.tensor(self.patch), min=0))
         box = tuple(slice(int(s), int(s) + p) for s, p in zip(start, self.patch))
-        return _pad(x[box], self.patch)[None], _pad(y[box], self.patch)[None]
+        return pad_to(x[box], self.patch)[None], pad_to(y[box], self.patch)[None]
 
 
-def _pad(t: torch.Tensor, patch: tuple[int, ...]) -> torch.Tensor:
+def pad_to(t: torch.Tensor, patch: tuple[int, ...]) -> torch.Tensor:
+    """`t` zero-padded at the end of each axis to the shape `patch` (a patch cut at the volume's edge)."""
     pads = [p for size, target in zip(reversed(t.shape), reversed(patch)) for p in (0, target - size)]
     return torch.nn.functional.pad(t, pads)

@@ -21,10 +21,12 @@ import numpy as np
 import torch
 
 from ..device import select_compute
-from ..errors import InputError
+from ..errors import InputError, first_line
 from ..image import Image, check_volume
+from ..inference.preprocess import normalise
 from ..painting import check_painting, drawn_slices, fill_region
 from ..progress import Progress, no_progress
+from .patches import pad_to
 
 STATE_FORMAT = "meddl-slice-fill-1"
 
@@ -61,11 +63,6 @@ def _network(classes: int, channels: tuple[int, ...]) -> torch.nn.Module:
                 strides=(2,) * (len(channels) - 1), num_res_units=1)
 
 
-def _normalised(image: Image) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(image.array, dtype=np.float32))
-    return (x - x.mean()) / torch.clamp(x.std(), min=1e-8)
-
-
 class _Slices:
     """Random patches of the drawn slices of every axis: (image, label) pairs of shape (1, patch, patch)."""
 
@@ -89,9 +86,8 @@ class _Slices:
             centre = (torch.rand(2, generator=self.generator) * shape).long()
         start = torch.clamp(torch.minimum(centre - self.patch // 2, shape - self.patch), min=0)
         box = tuple(slice(int(s), int(s) + self.patch) for s in start)
-        pad = [p for size in reversed(image[box].shape) for p in (0, self.patch - size)]
-        return (torch.nn.functional.pad(image[box], pad)[None],
-                torch.nn.functional.pad(label[box], pad)[None])
+        size = (self.patch, self.patch)
+        return pad_to(image[box], size)[None], pad_to(label[box], size)[None]
 
 
 def _train(network, slices: _Slices, warm: bool, settings: FillSettings, device, report: Callable,
@@ -157,8 +153,11 @@ def fill_from_slices(image: Image, painted: Image, values: Optional[list[int]] =
     warm = bool(state) and state.get("format") == STATE_FORMAT and state.get("classes") == classes \
         and tuple(state.get("channels", ())) == tuple(settings.channels)
     if warm:
-        network.load_state_dict(state["weights"])
-    x = _normalised(image)
+        try:
+            network.load_state_dict(state["weights"])
+        except (RuntimeError, KeyError, TypeError) as error:
+            raise InputError(f"the previous round's state does not fit this network: {first_line(error)}") from None
+    x = normalise(torch.from_numpy(np.ascontiguousarray(image.array, dtype=np.float32)), {"method": "zscore"})
     y = torch.from_numpy(np.where(np.isin(labels, values), labels, 0).astype(np.int64))
     history: list[float] = []
     steps = _train(network, _Slices(x, y, drawn, settings.patch, settings.seed),
@@ -166,7 +165,8 @@ def fill_from_slices(image: Image, painted: Image, values: Optional[list[int]] =
     report(0.8, "filling the slices between")
     weights = {axis: len(indices) for axis, indices in drawn.items() if len(indices) >= 2}
     region = fill_region(drawn, labels.shape)
-    box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in np.nonzero(region))  # predict only there
+    box = tuple(slice(int(found[0]), int(found[-1]) + 1) for found in (  # predict only there
+        np.flatnonzero(region.any(axis=tuple(b for b in range(3) if b != axis))) for axis in range(3)))
     filled = np.zeros(labels.shape, np.uint8)
     filled[box] = _probabilities(network, x[box], weights, classes, compute.device).argmax(0).numpy()
     filled[~region] = 0
