@@ -95,9 +95,9 @@ def _preview_node(scene, labels: Image, table: Sequence[dict], source_volume, na
     return node
 
 
-def painted_labels(segmentation_node, segment_ids: Sequence[str], source_volume) -> Image:
-    """The painted voxels of `segment_ids` (value i + 1 for the i-th) on the source volume's grid; refuses an
-    empty segment and a painting with nothing to fill between."""
+def painted_labels(segmentation_node, segment_ids: Sequence[str], source_volume, source: Image) -> Image:
+    """The painted voxels of `segment_ids` (value i + 1 for the i-th) on `source`, the source volume's image;
+    refuses an empty segment and a painting with nothing to fill between."""
     segmentation = segmentation_node.GetSegmentation()
     if not segment_ids:
         raise InputError("select the segments to fill")
@@ -105,12 +105,9 @@ def painted_labels(segmentation_node, segment_ids: Sequence[str], source_volume)
     if unknown:
         raise InputError(f"segment(s) {', '.join(unknown)} are not in {segmentation_node.GetName()}")
     labels = label_map_from_segment_ids(segmentation_node, source_volume, segment_ids)
-    empty = [segmentation.GetSegment(segment_ids[value - 1]).GetName() for value in range(1, len(segment_ids) + 1)
-             if not (labels == value).any()]
-    if empty:
-        raise InputError(f"segment(s) {', '.join(empty)} are empty: paint each on a few slices first")
-    check_painting(labels, list(range(1, len(segment_ids) + 1)), drawn_slices(labels))
-    return image_from_volume_node(source_volume).with_array(labels.astype(np.uint8))
+    names = {value: segmentation.GetSegment(segment_id).GetName() for value, segment_id in enumerate(segment_ids, 1)}
+    check_painting(labels, list(names), drawn_slices(labels), names)
+    return source.with_array(labels.astype(np.uint8))
 
 
 class FillSession:
@@ -148,14 +145,15 @@ class FillJob(FolderJob):
 
     def __init__(self, session: FillSession, segmentation_node, segment_ids: Sequence[str], source_volume,
                  device: str = "auto", steps: Optional[int] = None) -> None:
-        check_volume(image_from_volume_node(source_volume), what=f"volume {source_volume.GetName()!r}")
-        painted = painted_labels(segmentation_node, segment_ids, source_volume)
+        image = image_from_volume_node(source_volume)
+        check_volume(image, what=f"volume {source_volume.GetName()!r}")
+        painted = painted_labels(segmentation_node, segment_ids, source_volume, image)
         self.session, self.segmentation_node, self.source_volume = session, segmentation_node, source_volume
         self.segment_ids = list(segment_ids)
         self.warm_start = session.state is not None
         super().__init__("meddl-fill-")
         try:
-            image_path = write_image(image_from_volume_node(source_volume), self.folder / "image.nrrd", False)
+            image_path = write_image(image, self.folder / "image.nrrd", False)
             painted_path = write_image(painted, self.folder / "painted.nrrd", False)
         except Exception:
             self.clean_up()

@@ -9,6 +9,8 @@ were drawn.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 from scipy import ndimage
 
@@ -77,11 +79,18 @@ def fill_region(drawn: dict[int, np.ndarray], shape: tuple[int, ...]) -> np.ndar
     return region
 
 
-def check_painting(painted: np.ndarray, values: list[int], drawn: dict[int, np.ndarray]) -> None:
-    """Refuse a painting there is nothing to fill from, with what to do about it."""
-    present = set(np.unique(painted).tolist()) - {0}
-    missing = [value for value in values if value not in present]
+def check_painting(painted: np.ndarray, values: list[int], drawn: dict[int, np.ndarray],
+                   names: Optional[dict[int, str]] = None) -> None:
+    """Refuse a painting there is nothing to fill from, with what to do about it (`names`: the segment of each
+    label value, for the message)."""
+    present = np.unique(painted)
+    if not np.array_equal(present, np.round(present)) or present.min() < 0 or present.max() > 255:
+        raise InputError("the painted labels must be whole label values from 0 (background) to 255")
+    missing = [value for value in values if value not in set(present.tolist())]
     if missing:
+        if names:
+            raise InputError(f"segment(s) {', '.join(names[value] for value in missing)} are empty: paint each on "
+                             "a few slices first")
         raise InputError(f"label value(s) {missing} are not painted anywhere: paint each segment on a few slices")
     if not drawn:
         raise InputError("no painted slice covers an area: paint the segments on a few slices (not just lines)")

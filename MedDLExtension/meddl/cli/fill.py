@@ -61,7 +61,7 @@ def add_fill(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--state-in", default=None, help="a previous round's --state-out: start from its network")
     parser.add_argument("--state-out", default=None, help=f"keep the trained network here ({STATE_SUFFIX})")
     parser.add_argument("--steps", type=int_in(10, 100000), default=None,
-                        help="training steps (default: 400, or 150 when starting from --state-in)")
+                        help="training steps (default: 400, or 120 when starting from --state-in)")
     add_device(parser)
     parser.add_argument("--no-compress", action="store_true", help="write the label map uncompressed")
     add_progress(parser)
@@ -76,9 +76,9 @@ def _read_state(path: Optional[str]) -> Optional[dict]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise InputError(f"--state-in {path} does not exist") from None
-    except Exception as error:  # noqa: BLE001 - any unreadable or foreign file
-        raise InputError(f"--state-in {path} is not a fill state written by `meddl fill --state-out`: "
-                         f"{str(error).splitlines()[0]}") from None
+    except Exception:  # noqa: BLE001 - any unreadable or foreign file (torch's own message suggests unsafe loading)
+        raise InputError(f"--state-in {path} is not a fill state written by `meddl fill --state-out` (it does "
+                         "not load as plain weights)") from None
     if not isinstance(state, dict):
         raise InputError(f"--state-in {path} is not a fill state written by `meddl fill --state-out`")
     return state

@@ -90,6 +90,7 @@ def test_a_second_round_starts_from_the_first_rounds_network(tissue):
     ("one slice", "only one slice is painted"),
     ("lines", "no painted slice covers an area"),
     ("missing label", r"label value\(s\) \[3\] are not painted"),
+    ("fractions", "whole label values from 0"),
 ])
 def test_paintings_with_nothing_to_fill_from_are_refused(tissue, case, message):
     image, labels = tissue
@@ -100,6 +101,8 @@ def test_paintings_with_nothing_to_fill_from_are_refused(tissue, case, message):
     elif case == "lines":
         painted[40, 50, :] = 1
         painted[60, 50, :] = 1
+    elif case == "fractions":  # an intensity image given as the painting
+        painted = image.array.astype(np.float32) / 7
     else:
         painted, _ = _every(labels.array, 10, 0)
         values = [1, 2, 3]
@@ -121,4 +124,8 @@ def test_the_command_line_fills_keeps_its_state_and_refuses_a_foreign_state(tiss
     torch.save([1, 2], tmp_path / "list.pt")
     code = main([*args[:3], str(tmp_path / "x.nii.gz"), *args[3:], "--state-in", str(tmp_path / "list.pt")])
     one_error_line(capsys, code, 3, "not a fill state")
+    assert not (tmp_path / "x.nii.gz").exists()
+    torch.save({**torch.load(state, weights_only=True), "weights": {"x": torch.zeros(2)}}, tmp_path / "other.pt")
+    code = main([*args[:3], str(tmp_path / "x.nii.gz"), *args[3:], "--state-in", str(tmp_path / "other.pt")])
+    one_error_line(capsys, code, 3, "does not fit this network")
     assert not (tmp_path / "x.nii.gz").exists()
