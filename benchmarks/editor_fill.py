@@ -328,13 +328,7 @@ def main() -> int:
     os.environ.update({name: str(args.threads) for name in THREAD_VARIABLES})  # for the fills' processes
     with tempfile.TemporaryDirectory(prefix="meddl-bench-editor-fill-") as work:
         report = run_all(Path(work), args.threads, args.quick)
-        results = Path(work).parent / "meddl-bench-editor-fill-quick.json" if args.quick else RESULTS
-    results.write_text(json.dumps(report, indent=1))
-    table = markdown_tables(report)
-    if not args.quick:
-        harness.update_readme("editor-fill", table)
-    print(table)
-    print(f"\nresults: {results}")
+    harness.publish("editor-fill", report, markdown_tables(report), RESULTS, args.quick)
     passed = [case[key] for case in report["cases"] for key in ("dice_pass", "time_pass")]
     passed += [case["warm"][key] for case in report["cases"] for key in ("time_pass", "dice_pass")]
     return 0 if all(passed) else 1

@@ -7,6 +7,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -64,3 +65,14 @@ def update_readme(name: str, table: str) -> None:
     if start in text and end in text:
         before, rest = text.split(start, 1)
         readme.write_text(before + start + "\n" + table + "\n" + end + rest.split(end, 1)[1])
+
+
+def publish(name: str, report: dict, table: str, results: Path, quick: bool) -> None:
+    """Write the JSON report to `results` (a --quick run's beside the temporary files), put the table into the
+    README unless it was a --quick check, and print both."""
+    path = Path(tempfile.gettempdir()) / f"meddl-bench-{name}-quick.json" if quick else results
+    path.write_text(json.dumps(report, indent=1))
+    if not quick:
+        update_readme(name, table)
+    print(table)
+    print(f"\nresults: {path}")

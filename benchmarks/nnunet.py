@@ -284,13 +284,7 @@ def main() -> int:
     os.environ.update({name: str(args.threads) for name in THREAD_VARIABLES})  # the cases and their worker
     with tempfile.TemporaryDirectory(prefix="meddl-bench-nnunet-") as work:
         report = run_all(repeats, args.threads, args.quick, folder, Path(work))
-        results = Path(work).parent / "meddl-bench-nnunet-quick.json" if args.quick else RESULTS
-    results.write_text(json.dumps(report, indent=1))
-    table = markdown_table(report)
-    if not args.quick:
-        harness.update_readme("nnunet", table)
-    print(table)
-    print(f"\nresults: {results}")
+    harness.publish("nnunet", report, markdown_table(report), RESULTS, args.quick)
     return 0 if all(row["meets_targets"] for row in report["pairs"]) else 1
 
 
