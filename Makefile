@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.meddl-installed
 
-.PHONY: demo test lint benchmark benchmark-classification benchmark-training benchmark-enhancement benchmark-registration benchmark-nnunet benchmark-editor-fill clean
+.PHONY: demo test lint benchmark benchmark-classification benchmark-training benchmark-enhancement benchmark-registration benchmark-nnunet benchmark-editor-fill benchmark-batch clean
 
 $(STAMP): pyproject.toml constraints.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ benchmark-nnunet: $(STAMP)
 
 benchmark-editor-fill: $(STAMP)
 	$(PY) benchmarks/editor_fill.py
+
+benchmark-batch: $(STAMP)
+	$(PY) benchmarks/batch.py
 
 clean:
 	rm -rf $(VENV) demo-output

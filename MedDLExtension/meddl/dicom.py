@@ -55,8 +55,10 @@ def _describe(series: str, files: list[str]) -> str:
     return f"{series} ({description}, {len(files)} files)"
 
 
-def read_dicom_series(folder: Path) -> sitk.Image:
-    """The one DICOM series in `folder`, checked for missing slices; several series are named, not guessed."""
+def series_files(folder: str | Path) -> list[str]:
+    """The files of the one DICOM series in `folder`, in GDCM's order: file i is slice (z index) i of the image
+    `read_dicom_series` reads. Several series are named, not guessed."""
+    folder = Path(folder)
     series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series_ids:
         raise InputError(f"no DICOM series found in folder {folder}")
@@ -67,7 +69,12 @@ def read_dicom_series(folder: Path) -> sitk.Image:
         listed = "; ".join(_describe(series, files) for series, files in files_per_series.items())
         raise InputError(f"folder {folder} holds {len(files_per_series)} DICOM series: {listed}. "
                          "Put the one to use in a folder of its own")
-    files = next(iter(files_per_series.values()))
+    return next(iter(files_per_series.values()))
+
+
+def read_dicom_series(folder: Path) -> sitk.Image:
+    """The one DICOM series in `folder`, checked for missing slices; several series are named, not guessed."""
+    files = series_files(folder)
     check_uniform_slices(files, folder)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)

@@ -9,11 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from ..batch.tasks import ClassifyCases
 from ..errors import InputError, OutputError
 from ..io import read_image, write_image
 from ..models.formats import model_files
 from ..outputs import OutputSet
 from ..protocol import Request, Result, options
+from .batch import BatchResult, UsageError, add_batch_options, check_batch_usage, run_cohort
 from .options import add_device, add_progress, add_trust, int_in, number_in, voxel_counts
 
 
@@ -52,14 +54,18 @@ class TrainClassifierResult(Result):
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     classify = commands.add_parser("classify", help="class probabilities for images (2D or 3D)")
-    classify.add_argument("inputs", nargs="+", help="image files (NIfTI/NRRD/MHA, PNG/JPEG, DICOM) or DICOM folders")
+    classify.add_argument("inputs", nargs="*", help="image files (NIfTI/NRRD/MHA, PNG/JPEG, DICOM) or DICOM folders")
     classify.add_argument("--model", required=True, help="classifier: catalog id, model file or bundle")
-    classify.add_argument("--csv", required=True, help="output table: one row per input")
+    classify.add_argument("--csv", default=None, help="output table: one row per input (with --batch: "
+                          "classification.csv in the --out folder)")
     classify.add_argument("--saliency", default=None, help="folder for Grad-CAM maps (.nii.gz, input grid)")
     classify.add_argument("--class", dest="class_name", default=None, help="saliency class (default: predicted)")
     add_device(classify)
     add_trust(classify)
     add_progress(classify)
+    add_batch_options(classify)
+    classify.add_argument("--batch-saliency", action="store_true",
+                          help="--batch: also write each case's Grad-CAM map (CASE_saliency.nii.gz) into --out")
     train = commands.add_parser("train-classifier", help="train a classifier from a CSV of images and labels")
     train.add_argument("--csv", required=True, help="columns: image, label (class name) and optional split")
     train.add_argument("--out", required=True, help="new folder for model.pt, model.json and metrics")
@@ -98,8 +104,14 @@ def _declare_saliency(folder: Path, inputs: list[str], outputs: OutputSet) -> li
     return [outputs.add(folder / name) for name in saliency_names(inputs)]
 
 
-def run_classify(args: argparse.Namespace, progress) -> ClassifyResult:
+def run_classify(args: argparse.Namespace, progress) -> ClassifyResult | BatchResult:
     from ..classification.predict import classifier_model, classify, saliency
+
+    if check_batch_usage(args, ("inputs", "csv"), ("saliency",)):
+        task = ClassifyCases(args.model, args.device, args.trust_model, args.batch_saliency, args.class_name)
+        return run_cohort(task, args, progress, allow_2d=True)
+    if args.batch_saliency:
+        raise UsageError("--batch-saliency: only with --batch (one run's maps go to --saliency FOLDER)")
 
     with OutputSet(inputs=[*args.inputs, *model_files(args.model)]) as outputs:
         output = outputs.add(args.csv)

@@ -8,12 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from ..batch.tasks import EnhanceCases
 from ..enhancement import KINDS
 from ..errors import InputError
 from ..io import IMAGE_SUFFIXES, read_image, write_image
 from ..models.formats import model_files
 from ..outputs import OutputSet
 from ..protocol import Request, Result, options
+from .batch import BatchResult, UsageError, add_batch_options, check_batch_usage, run_cohort
 from .options import add_device, add_progress, add_trust, int_in, number_in
 
 METHODS = ("filter", "network")  # denoise: filter (the default) or network; super-resolution: network
@@ -58,8 +60,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                                              "image itself, in seconds), or super-resolve along the thick-slice "
                                              "axis with a network trained on the image itself; or run a pretrained "
                                              "enhancement model.")
-    parser.add_argument("input", help="image file or DICOM folder (never changed)")
-    parser.add_argument("output", help="enhanced image file (.nii.gz, .nrrd, .mha)")
+    parser.add_argument("input", nargs="?", help="image file or DICOM folder (never changed)")
+    parser.add_argument("output", nargs="?", help="enhanced image file (.nii.gz, .nrrd, .mha)")
     parser.add_argument("--task", choices=KINDS, required=True)
     parser.add_argument("--method", choices=METHODS, default=None,
                         help="denoise: 'filter' (default; grouped block filtering guided by a blur, no network) or "
@@ -85,6 +87,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     add_device(parser)
     parser.add_argument("--no-compress", action="store_true", help="write the output uncompressed")
     add_progress(parser)
+    add_batch_options(parser)
 
 
 def chosen_method(args: argparse.Namespace) -> str | None:
@@ -134,9 +137,14 @@ def _self_calibrated(image, args: argparse.Namespace, method: str, progress):
     return self_supervised_superres(image, settings, progress), settings.steps
 
 
-def run_enhance(args: argparse.Namespace, progress) -> EnhanceResult:
+def run_enhance(args: argparse.Namespace, progress) -> EnhanceResult | BatchResult:
     from ..enhancement.pretrained import enhance_with_model, enhancement_kind
     from ..models.loading import load_model
+
+    if check_batch_usage(args, ("input", "output")):
+        if args.save_model:
+            raise UsageError("--save-model keeps one image's self-trained network: not with --batch")
+        return run_cohort(EnhanceCases(_cohort_options(args)), args, progress)
 
     with OutputSet(inputs=[args.input, *model_files(args.model)]) as outputs:
         output = outputs.add(args.output, IMAGE_SUFFIXES)
@@ -162,6 +170,12 @@ def run_enhance(args: argparse.Namespace, progress) -> EnhanceResult:
     if args.task == "denoise" and not args.model:
         settings.update(wiener_passes=args.wiener_passes, noise=args.noise)
     return EnhanceResult(str(output), settings)
+
+
+def _cohort_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options each case of a cohort is enhanced with (those of one `meddl enhance` run)."""
+    batch_only = ("batch", "out", "resume", "ray", "ray_workers", "cpus_per_worker", "progress", "command")
+    return {key: value for key, value in vars(args).items() if key not in batch_only}
 
 
 RUNNERS = {"enhance": run_enhance}

@@ -50,7 +50,7 @@ def run_reported(args: argparse.Namespace, progress, protocol: JsonLinesProgress
         return _report_failure(progress, protocol, "InternalError", message, 1, message)
     if protocol:
         protocol.emit("done", **result.as_event())
-    return 0
+    return getattr(result, "exit_code", lambda: 0)()  # a cohort with failed cases ran, but not wholly: non-zero
 
 
 def _report_failure(progress, protocol: JsonLinesProgress | None, kind: str, message: str, code: int,

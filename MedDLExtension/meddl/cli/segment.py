@@ -8,12 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from ..batch.tasks import LABEL_FORMATS, SegmentCases
 from ..errors import InputError
 from ..io import read_image
 from ..models import catalog, store
 from ..models.card import parse_label_names
 from ..outputs import OutputSet
 from ..protocol import Request, Result, options
+from .batch import BatchResult, SegmentBatchRequest, UsageError, add_batch_options, check_batch_usage, run_cohort
 from .fill import FillRequest, add_fill, run_fill
 from .options import add_device, add_progress, add_trust, int_in, number_in, voxel_counts
 
@@ -57,8 +59,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 def _add_segment(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("segment", help="segment a volume into a label map",
                                  description="Segment a NIfTI/NRRD/MHA file or DICOM folder into a label map.")
-    parser.add_argument("input", help="image file or DICOM folder")
-    parser.add_argument("output", help="label map file (.nii.gz, .nrrd, .mha); a .labels.json names its labels")
+    parser.add_argument("input", nargs="?", help="image file or DICOM folder")
+    parser.add_argument("output", nargs="?",
+                        help="label map file (.nii.gz, .nrrd, .mha); a .labels.json names its labels")
     parser.add_argument("--model", default=None, help="catalog id, library id, model file or MONAI bundle folder "
                         "(default: the catalog's default segmentation model)")
     add_device(parser)
@@ -74,10 +77,24 @@ def _add_segment(commands: argparse._SubParsersAction) -> None:
                         help="nnU-Net models: the folds to ensemble (default: all in the folder), e.g. 0 1 or all")
     add_trust(parser)
     add_progress(parser)
+    add_batch_options(parser)
+    parser.add_argument("--output-format", choices=LABEL_FORMATS, default=None,
+                        help="--batch: label map files (nii.gz, the default; nrrd; mha) or DICOM Segmentation "
+                             "objects referencing the DICOM inputs (dicom-seg; needs pip install \"meddl[dicom]\")")
 
 
-def run_segment(args: argparse.Namespace, progress) -> SegmentResult:
+def run_segment(args: argparse.Namespace, progress) -> SegmentResult | BatchResult:
     from ..segmentation.predict import labels_path_for, segment_file
+
+    if check_batch_usage(args, ("input", "output")):
+        if args.more_inputs:
+            raise UsageError("--more-inputs is for one case: with --batch, give a CSV with one column per channel")
+        task = SegmentCases(args.model, args.device, args.trust_model, args.fast,
+                            tuple(args.folds) if args.folds else None, args.output_format or "nii.gz",
+                            not args.no_compress)
+        return run_cohort(task, args, progress)
+    if args.output_format:
+        raise UsageError("--output-format: only with --batch (one case's format follows the OUTPUT file name)")
 
     result = segment_file(args.input, args.output, args.model, args.device, progress, args.trust_model,
                           compress=not args.no_compress, fast=args.fast,
@@ -183,4 +200,4 @@ def run_train(args: argparse.Namespace, progress) -> TrainResult:
 
 
 RUNNERS = {"segment": run_segment, "train": run_train, "fill": run_fill}
-REQUESTS = (SegmentRequest, TrainRequest, FillRequest)
+REQUESTS = (SegmentRequest, SegmentBatchRequest, TrainRequest, FillRequest)

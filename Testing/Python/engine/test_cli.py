@@ -122,7 +122,7 @@ def test_worker_serves_several_jobs_and_caches_models(tmp_path, model_path, inpu
     finals = {e["job"]: e for e in events if e["event"] in ("done", "error")}
     assert process.returncode == 0 and events[0]["event"] == "ready"
     assert finals["one"]["event"] == finals["two"]["event"] == "done"
-    assert finals["bad"]["event"] == "error" and "arguments are required" in finals["bad"]["message"]
+    assert finals["bad"]["event"] == "error" and "unrecognized arguments: --no-such-flag" in finals["bad"]["message"]
     assert (tmp_path / "1.nrrd").is_file() and (tmp_path / "2.nrrd").is_file()
 
 

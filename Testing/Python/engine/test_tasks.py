@@ -137,7 +137,8 @@ REQUIRED = {"SegmentRequest": {"input": "in.nii.gz", "output": "out.nii.gz"},
             "EnhanceRequest": {"input": "in.nii.gz", "output": "out.nii.gz"},
             "RegisterRequest": {"fixed": "f.nii.gz", "moving": "m.nii.gz", "out_transform": "t.nii.gz"},
             "InstallRequest": {"model_id": "x"}, "ImportRequest": {"path": "p.pt"},
-            "FillRequest": {"image": "i.nii.gz", "painted": "p.nii.gz", "output": "o.nii.gz"}}
+            "FillRequest": {"image": "i.nii.gz", "painted": "p.nii.gz", "output": "o.nii.gz"},
+            "SegmentBatchRequest": {"batch": "cases.csv", "out": "results"}}
 DESTS = {"time_budget_s": "time_budget", "model_id": "id"}  # request field -> the parser's name for it
 
 

@@ -1,0 +1,200 @@
+"""Running a task over a cohort on this machine: the model loaded once, the next case read while the current
+one runs, one case's failure recorded and the run going on, the summary rewritten after every case, and
+`resume` skipping the cases an earlier run finished."""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from ..errors import MeddlError, OutputError
+from ..progress import Progress, no_progress, report_metrics
+from .cases import Case
+from .summary import DONE, FAILED, SUMMARY_JSON, CaseRecord, read_summary, write_summary
+
+
+class CaseTask(Protocol):
+    """What a batch runs for each case. A task is a picklable description (it travels to cluster workers);
+    `load` builds its model in the process that runs it."""
+
+    command: str
+
+    def check(self, cases: list[Case]) -> None:
+        """Refuse, before any work, cases this task cannot take (e.g. DICOM SEG from image files)."""
+
+    def load(self, progress: Progress) -> None:
+        """Load the model once, before the first case."""
+
+    def read(self, case: Case) -> Any:
+        """Read the case's inputs (run ahead, on a reading thread)."""
+
+    def run(self, case: Case, data: Any, folder: Path, progress: Progress) -> tuple[list[Path], dict[str, Any]]:
+        """Process one case and write its outputs whole into `folder`; returns them and the case's numbers."""
+
+    def finish(self, records: list[CaseRecord], folder: Path) -> Path | None:
+        """Write the cohort's own table (e.g. all class probabilities) from the records; None if there is none."""
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """The records of every case (in case order) and the summary files."""
+
+    records: list[CaseRecord]
+    summary_json: Path
+    summary_csv: Path
+    table: Path | None
+
+    def count(self, status: str) -> int:
+        return sum(record.status == status for record in self.records)
+
+
+def prepare_folder(folder: Path, resume: bool, source: Path | None = None) -> dict[str, CaseRecord]:
+    """Create the output folder (its parent must exist) and return an earlier run's records when resuming.
+
+    Without `resume`, a folder that already holds files is refused, so that no earlier result is replaced."""
+    folder = Path(folder)
+    if source is not None and source.is_dir() and folder.resolve().is_relative_to(source.resolve()):
+        raise OutputError(f"--out {folder} is inside the input folder {source}: give a folder outside it")
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"--out {folder}: a file is there; give a folder")
+    if not folder.exists():
+        if not folder.parent.is_dir():
+            raise OutputError(f"--out {folder}: folder {folder.parent} does not exist")
+        try:
+            folder.mkdir()
+        except OSError as error:
+            raise OutputError(f"cannot create {folder}: {error.strerror}") from None
+        return {}
+    if resume:
+        return read_summary(folder)
+    if any(folder.iterdir()):
+        earlier = " (an earlier batch run: --resume continues it)" if (folder / SUMMARY_JSON).exists() else ""
+        raise OutputError(f"--out {folder} is not empty{earlier}; give a new or empty folder")
+    return {}
+
+
+def run_batch(task: CaseTask, cases: list[Case], folder: Path, resume: bool = False,
+              progress: Progress | None = None, source: Path | None = None) -> BatchOutcome:
+    """Run `task` on every case, writing into `folder`; a failed case is recorded and the run goes on."""
+    report = progress or no_progress
+    folder = Path(folder)
+    task.check(cases)
+    earlier = prepare_folder(folder, resume, source)
+    records = {case.id: earlier[case.id] for case in cases if case.id in earlier and earlier[case.id].is_finished()}
+    todo = [case for case in cases if case.id not in records]
+
+    def publish() -> tuple[Path, Path]:
+        return write_summary(folder, task.command, [records[c.id] for c in cases if c.id in records], len(cases))
+
+    publish()
+    if todo:
+        report(0.0, f"loading the model ({len(records)} of {len(cases)} cases already done)")
+        task.load(report)
+    clock = CohortClock(len(todo), report)
+    for case, data, error in prefetched(task.read, todo):
+        records[case.id] = _run_case(task, case, data, error, folder, clock.case_progress(case))
+        publish()
+        clock.finished(records[case.id])
+    summary_json, summary_csv = publish()
+    table = task.finish([records[case.id] for case in cases], folder)
+    report(1.0, f"{sum(r.status == DONE for r in records.values())} of {len(cases)} cases done")
+    return BatchOutcome([records[case.id] for case in cases], summary_json, summary_csv, table)
+
+
+def _run_case(task: CaseTask, case: Case, data: Any, error: BaseException | None, folder: Path,
+              progress: Progress) -> CaseRecord:
+    start = time.perf_counter()
+    record = CaseRecord(case.id, FAILED, list(case.inputs))
+    try:
+        if error is not None:
+            raise error
+        outputs, details = task.run(case, data, folder, progress)
+        record.status, record.outputs, record.details = DONE, [str(path) for path in outputs], details
+    except MeddlError as failure:
+        record.message = str(failure)
+    except (Exception, MemoryError) as failure:  # a bug or e.g. out of memory on one case: recorded, run goes on
+        traceback.print_exc(file=sys.stderr)
+        record.message = f"unexpected error: {failure!r}"
+    record.seconds = time.perf_counter() - start
+    return record
+
+
+def prefetched(read: Callable[[Case], Any], cases: list[Case]) -> Iterator[tuple[Case, Any, BaseException | None]]:
+    """(case, data, error) for each case, the next case read on a thread while the caller works on this one."""
+    ahead: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def reader() -> None:
+        for case in cases:
+            try:
+                item = (case, read(case), None)
+            except Exception as error:  # handed to the main thread, which records it as the case's failure
+                item = (case, None, error)
+            while not stop.is_set():
+                try:
+                    ahead.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if stop.is_set():
+                return
+
+    thread = threading.Thread(target=reader, name="meddl-batch-reader", daemon=True)
+    thread.start()
+    try:
+        for _ in cases:
+            yield ahead.get()
+    finally:
+        stop.set()
+
+
+class CohortClock:
+    """Progress over the cohort: the current case's progress scaled into its share, a message with the case's
+    name and the time left (from the finished cases' mean), and a `case` event as each case ends."""
+
+    def __init__(self, total: int, progress: Progress) -> None:
+        self.total, self.progress = total, progress
+        self.finished_count, self.failed, self.started = 0, 0, time.perf_counter()
+
+    def left(self) -> str:
+        if not self.finished_count:
+            return ""
+        seconds = (time.perf_counter() - self.started) / self.finished_count * (self.total - self.finished_count)
+        return f", about {format_duration(seconds)} left"
+
+    def case_progress(self, case: Case) -> Progress:
+        index, left = self.finished_count, self.left()
+
+        def report(fraction: float, message: str) -> None:
+            overall = (index + min(max(fraction, 0.0), 1.0)) / max(self.total, 1)
+            self.progress(overall, f"case {index + 1}/{self.total} {case.id}: {message}{left}")
+
+        return report
+
+    def finished(self, record: CaseRecord) -> None:
+        self.finished_count += 1
+        self.failed += record.status == FAILED
+        if record.status == FAILED:
+            getattr(self.progress, "end_line", lambda: None)()
+            print(f"meddl: case {record.case} failed: {record.message}", file=sys.stderr)
+        report_metrics(self.progress, self.finished_count / max(self.total, 1),
+                       f"{self.finished_count}/{self.total} cases ({self.failed} failed){self.left()}",
+                       {"case": record.case, "status": record.status, "message": record.message,
+                        "outputs": record.outputs, "seconds": round(record.seconds, 2)})
+
+
+def format_duration(seconds: float) -> str:
+    """'45 s', '3 min 20 s', '2 h 05 min'."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"

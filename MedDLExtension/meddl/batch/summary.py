@@ -1,0 +1,90 @@
+"""A batch run's record of every case (summary.json and summary.csv in the output folder), rewritten whole after
+each case, so that a killed run leaves an up-to-date summary and `--resume` knows what is done."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import OutputError
+
+SUMMARY_JSON = "summary.json"
+SUMMARY_CSV = "summary.csv"
+DONE, FAILED = "done", "failed"
+
+
+@dataclass
+class CaseRecord:
+    """One case's outcome: its status, inputs, the outputs written, the time it took, the error message of a
+    failed case, and the task's numbers (volumes in mL, class probabilities, ...) as flat columns."""
+
+    case: str
+    status: str
+    inputs: list[str]
+    outputs: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    message: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def is_finished(self) -> bool:
+        """Done, with every output still in place (a resumed run skips it)."""
+        return self.status == DONE and all(Path(path).exists() for path in self.outputs)
+
+
+def write_text_whole(path: Path, text: str) -> None:
+    """Write `path` through a temporary file in its folder and an atomic rename: readers see the old or the
+    new content, never a part."""
+    handle, temporary = tempfile.mkstemp(prefix=".meddl-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def write_summary(folder: Path, command: str, records: list[CaseRecord], total: int) -> tuple[Path, Path]:
+    """summary.json (the run and every case) and summary.csv (one row per case), each written whole."""
+    counts = {status: sum(record.status == status for record in records) for status in (DONE, FAILED)}
+    report = {"command": command, "cases": total, **counts, "records": [asdict(record) for record in records]}
+    write_text_whole(folder / SUMMARY_JSON, json.dumps(report, indent=1))
+    write_text_whole(folder / SUMMARY_CSV, _csv_text(records))
+    return folder / SUMMARY_JSON, folder / SUMMARY_CSV
+
+
+def _csv_text(records: list[CaseRecord]) -> str:
+    return table_text([{"case": record.case, "status": record.status, "seconds": round(record.seconds, 2),
+                        "message": record.message, "inputs": ";".join(record.inputs),
+                        "outputs": ";".join(record.outputs), **record.details} for record in records])
+
+
+def table_text(rows: list[dict[str, Any]]) -> str:
+    """CSV text of dictionaries: the columns of all rows in first-seen order, blank where a row lacks one."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [name for name in row if name not in columns]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+def read_summary(folder: Path) -> dict[str, CaseRecord]:
+    """The records of an earlier run in `folder` by case id (none when it has no summary)."""
+    path = folder / SUMMARY_JSON
+    if not path.is_file():
+        return {}
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        records = [CaseRecord(**record) for record in report["records"]]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise OutputError(f"cannot resume from {path}: it is not a MedDL batch summary ({error})") from None
+    return {record.case: record for record in records}
