@@ -7,13 +7,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import vtk
+from meddl.batch.cases import safe_case_ids
 from meddl.batch.summary import DONE
 from meddl.cli.batch import BatchResult, SegmentBatchRequest
 from meddl.image import Image, check_volume
@@ -34,6 +34,8 @@ class CohortJob(FolderJob):
     new when None) gets one row per case as it ends. With `load_results`, `finish()` adds each finished case's
     segmentation to the scene (and the case's volume, for cases that were not already in the scene).
     """
+
+    cancelled_message = "Cancelled; the cases already finished stay in the output folder (Resume continues)."
 
     def __init__(self, scene, output_folder: str | Path, model: str | None = None, device: str = "auto",
                  volumes: Sequence = (), folder: str | Path | None = None,
@@ -65,9 +67,11 @@ class CohortJob(FolderJob):
     def _export(self, images: list[tuple[Any, Image]], dicom_series: Mapping[str, Sequence[str]]) -> Path:
         """A CSV of cases in the private folder: exported volumes, or each DICOM series linked into a folder."""
         rows = []
-        for index, (node, image) in enumerate(images):
+        names = safe_case_ids([node.GetName() for node, _ in images])  # the ids the engine keeps
+        for index, (name, (node, image)) in enumerate(zip(names, images)):
             path = write_image(image, self.folder / f"volume{index}.nrrd", compress=False)
-            rows.append((node.GetName(), path))
+            rows.append((name, path))
+            self.volumes_by_case[name] = node
         for index, (case, files) in enumerate(dicom_series.items()):
             series_folder = self.folder / f"series{index}"
             series_folder.mkdir()
@@ -79,7 +83,6 @@ class CohortJob(FolderJob):
             writer = csv.writer(stream)
             writer.writerow(["case", "image"])
             writer.writerows((case, str(path)) for case, path in rows)
-        self.volumes_by_case = {_case_id(node.GetName()): node for node, _ in images}
         return table
 
     def poll(self) -> list[dict[str, Any]]:
@@ -142,11 +145,6 @@ def labels_of_output(output: Path, image: Image, source: str) -> Image:
 
     array, _ = read_dicom_seg(output, series_files(Path(source)))
     return image.with_array(array)
-
-
-def _case_id(name: str) -> str:
-    """The id the engine gives a case named `name` (see meddl.batch.cases)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "case"
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -13,9 +15,13 @@ import slicer
 from meddl.device import DEVICE_CHOICES
 from meddl.models import catalog, store
 from meddl.models.formats import nnunet_results_folder
+from MedDLLib.cohort_job import CohortJob
+from MedDLLib.dicom_export import INSTANCE_UIDS, export_dicom_seg, source_files_of_volume
 from MedDLLib.jobs import JobState, finish_within
 from MedDLLib.segmentation_job import SegmentationJob
 from MedDLLib.training_job import TrainingJob
+from MedDLSegmentationLib.cohort import dicom_series_cases
+from MedDLSegmentationLib.cohort_panel import CohortPanel
 from MedDLWidgets.module_widget import MedDLWidgetMixin
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
@@ -45,7 +51,8 @@ class MedDLSegmentation(ScriptedLoadableModule):
             "Segment a volume with a deep-learning model (a catalogued model, a MONAI bundle, a TorchScript "
             "file or a checkpoint with its model card). The model runs in a background process: the "
             "progress bar moves, Cancel stops it at any moment, and the scene changes only when it succeeds. "
-            "The Segment Editor gains a MedDL effect: fill between painted slices, or a model inside a ROI."
+            "The Segment Editor gains a MedDL effect: fill between painted slices, or a model inside a ROI. "
+            "The Cohort section segments many inputs (scene volumes, a folder, DICOM series) in one background job."
         )
         self.parent.acknowledgementText = _(
             "Built on PyTorch and MONAI. The default brain-extraction model is deepbet (MIT licence)."
@@ -84,6 +91,8 @@ class MedDLSegmentationParameterNode:
     fineTune: bool = False
     trainEpochs: int = 50
     trainMinutes: float = 10.0
+    cohortResume: bool = False
+    cohortLoadResults: bool = False
 
 
 def uses_nnunet(model: str) -> bool:
@@ -103,6 +112,7 @@ class MedDLSegmentationWidget(MedDLWidgetMixin, ScriptedLoadableModuleWidget, VT
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
+        self.cohort = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -117,6 +127,8 @@ class MedDLSegmentationWidget(MedDLWidgetMixin, ScriptedLoadableModuleWidget, VT
         self.ui.addPairButton.connect("clicked(bool)", self.onAddPair)
         self.ui.removePairButton.connect("clicked(bool)", self.onRemovePair)
         self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)
+        self.ui.exportDicomSegButton.connect("clicked(bool)", self.onExportDicomSeg)
+        self.cohort = CohortPanel(self)
         self.setupMedDL("segmentation")
         self.ui.cancelButton.connect("clicked(bool)", lambda: self.library.refresh())  # a kept checkpoint shows
 
@@ -129,17 +141,37 @@ class MedDLSegmentationWidget(MedDLWidgetMixin, ScriptedLoadableModuleWidget, VT
         self.ui.applyButton.enabled = ready
         self.ui.applyButton.toolTip = _("Segment the input volume") if ready else _("Select an input volume")
         self.ui.trainButton.enabled = bool(self.trainingPairs) and not self.isRunning()
+        volume = self._parameterNode.inputVolume if self._parameterNode else None
+        fromDicom = bool(volume and volume.GetAttribute(INSTANCE_UIDS))
+        self.ui.exportDicomSegButton.enabled = bool(fromDicom and self._parameterNode.outputSegmentation)
+        self.ui.exportDicomSegButton.toolTip = (
+            _("Write the output segmentation as a DICOM SEG of the input's series, into the DICOM database")
+            if fromDicom else _("Needs an input volume loaded from the DICOM database and an output segmentation"))
+        if self.cohort:
+            self.cohort.updateButtons()
+
+    def enter(self) -> None:
+        MedDLWidgetMixin.enter(self)
+        if self.cohort:
+            self.cohort.refreshDicomSelection()  # the user may have selected series in the DICOM module meanwhile
+
+    def sharedSettings(self) -> Optional[dict]:
+        """The Inputs section's model, device and Fast, which Apply and the cohort share; None (and a status line)
+        if the user declines the install of MedDL's packages."""
+        model = self.ui.modelPathLineEdit.currentPath or self._parameterNode.model
+        if not self.dependenciesReady(nnunet=uses_nnunet(model)):
+            return None
+        return {"model": model, "device": self._parameterNode.device, "fast": self._parameterNode.fast}
 
     def onApplyButton(self) -> None:
-        parameters = self._parameterNode
-        model = self.ui.modelPathLineEdit.currentPath or parameters.model
-        if not self.dependenciesReady(nnunet=uses_nnunet(model)):
+        parameters, settings = self._parameterNode, self.sharedSettings()
+        if settings is None:
             return
         try:
             more = [node for node in (parameters.channel2Volume, parameters.channel3Volume, parameters.channel4Volume)
                     if node]
-            job = self.logic.start(parameters.inputVolume, model, parameters.device, parameters.outputSegmentation,
-                                   more_volumes=more, fast=parameters.fast)
+            job = self.logic.start(parameters.inputVolume, settings["model"], settings["device"],
+                                   parameters.outputSegmentation, more_volumes=more, fast=settings["fast"])
         except Exception as error:
             slicer.util.errorDisplay(_("Cannot start segmentation: {error}").format(error=error))
             return
@@ -148,6 +180,15 @@ class MedDLSegmentationWidget(MedDLWidgetMixin, ScriptedLoadableModuleWidget, VT
     def _applySegmentation(self, segmentationNode) -> None:
         self._parameterNode.outputSegmentation = segmentationNode
         self.ui.statusLabel.text = _("Done: {name}").format(name=segmentationNode.GetName())
+
+    def onExportDicomSeg(self) -> None:
+        parameters = self._parameterNode
+        try:
+            path = self.logic.exportDicomSeg(parameters.outputSegmentation, parameters.inputVolume)
+        except Exception as error:
+            slicer.util.errorDisplay(_("Cannot export the DICOM SEG: {error}").format(error=error))
+            return
+        self.ui.statusLabel.text = _("DICOM SEG added to the DICOM database: {path}").format(path=path)
 
     def onAddPair(self) -> None:
         volume, segmentation = self._parameterNode.trainVolume, self._parameterNode.trainSegmentation
@@ -213,9 +254,37 @@ class MedDLSegmentationLogic(ScriptedLoadableModuleLogic):
         job = self.start(inputVolume, model, device, outputSegmentation, more_volumes, fast)
         return finish_within(job, timeout, "segmentation")
 
+    def startCohort(self, outputFolder, model: Optional[str] = None, device: str = "auto", volumes=(), folder=None,
+                    dicomSeriesUIDs=(), loadResults: bool = False, outputFormat: str = "nii.gz", resume: bool = False,
+                    fast: bool = False) -> CohortJob:
+        """Segment a cohort in the background into `outputFolder` (summary.csv lists every case). One source: volume
+        nodes, a folder (image files and DICOM series), or Series Instance UIDs of Slicer's DICOM database. The job's
+        `status_table` gets a row per case as it ends; finish() returns the BatchResult (and, with `loadResults`, has
+        put each finished case's segmentation into the scene). `outputFormat`: nii.gz, nrrd, mha or dicom-seg."""
+        series = dicom_series_cases(slicer.dicomDatabase, dicomSeriesUIDs) if dicomSeriesUIDs else None
+        return CohortJob(slicer.mrmlScene, outputFolder, model, device, volumes=list(volumes), folder=folder or None,
+                         dicom_series=series, load_results=loadResults, output_format=outputFormat, resume=resume,
+                         fast=fast)
+
+    def exportDicomSeg(self, segmentationNode, volumeNode, outputFolder=None) -> str:
+        """Write all segments as a DICOM SEG of the series `volumeNode` was loaded from and add it to Slicer's DICOM
+        database (as Slicer's own SEG export does); returns the file written, in `outputFolder` or else a new folder
+        in Slicer's temporary folder (the database keeps its own copy)."""
+        database = slicer.dicomDatabase
+        if not database or not database.isOpen:
+            raise RuntimeError("Slicer's DICOM database is not open (open the DICOM module once)")
+        sources = source_files_of_volume(volumeNode, database)
+        folder = Path(outputFolder or tempfile.mkdtemp(prefix="MedDL-SEG-", dir=slicer.app.temporaryPath))
+        folder.mkdir(parents=True, exist_ok=True)
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", segmentationNode.GetName()).strip("._") or "segmentation"
+        path = export_dicom_seg(segmentationNode, volumeNode, sources, folder / f"{name}.seg.dcm")
+        database.insert(str(path))
+        return str(path)
+
 
 class MedDLSegmentationTest(ScriptedLoadableModuleTest):
-    """Self-test inside Slicer: the panel (parameters, Apply, Cancel) and the logic, on real sample data."""
+    """Self-test inside Slicer: the panel (parameters, Apply, Cancel) and the logic, on real sample data; a cohort of
+    two small volumes with a small model built here."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -231,6 +300,8 @@ class MedDLSegmentationTest(ScriptedLoadableModuleTest):
         self.test_cancel_leaves_scene_unchanged()
         self.setUp()
         self.test_editor_effect_fill_apply_undo()
+        self.setUp()
+        self.test_panel_cohort_of_two_scene_volumes()
 
     def _sampleVolume(self):
         import SampleData
@@ -335,3 +406,48 @@ class MedDLSegmentationTest(ScriptedLoadableModuleTest):
         editor.setActiveEffect(None)
         effect.cleanup()
         self.delayDisplay("Segment Editor effect passed")
+
+    def _tinyModel(self) -> str:
+        """A small MONAI UNet (fixed random weights) with its model card: quick on the CPU, nothing to download."""
+        import json
+
+        import torch
+        from monai.networks.nets import UNet
+
+        folder = Path(tempfile.mkdtemp(prefix="meddl-selftest-"))
+        args = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8], "strides": [2],
+                "num_res_units": 0}
+        torch.manual_seed(0)
+        torch.save(UNet(**args).state_dict(), folder / "model.pt")
+        card = {"name": "self-test", "task": "segmentation", "license": "MIT",
+                "input": {"channels": 1, "intensity": {"method": "zscore"}}, "inference": {"roi_size": [16, 16, 16]},
+                "output": {"mode": "argmax"}, "labels": [{"value": 1, "name": "Label 1"}],
+                "network": {"class": "UNet", "args": args}}
+        (folder / "model.json").write_text(json.dumps(card))
+        return str(folder / "model.pt")
+
+    def test_panel_cohort_of_two_scene_volumes(self):
+        """Two volumes checked in the Cohort section: a status row per case, each segmentation loaded."""
+        self.delayDisplay("Cohort of two scene volumes through the panel")
+        k, j, i = np.mgrid[:24, :20, :28]
+        volumes = [slicer.util.addVolumeFromArray(
+            (100.0 * ((k - 12) ** 2 + (j - 10) ** 2 + (i - 12 - 2 * n) ** 2 < 40)).astype(np.float32),
+            name=f"Cohort case {n}") for n in (1, 2)]
+        widget = self._panel(volumes[0])
+        widget._parameterNode.model = self._tinyModel()
+        widget._parameterNode.cohortLoadResults = True
+        ui = widget.ui
+        ui.cohortSourceComboBox.currentIndex = 0  # volumes in the scene
+        for volume in volumes:
+            ui.cohortVolumesSelector.check(volume)
+        ui.cohortOutputPathLineEdit.currentPath = tempfile.mkdtemp(prefix="meddl-selftest-cohort-")
+        status = widget.cohort.runAndWait()
+        self.assertTrue(status.startswith("2 done, 0 failed"), status)
+        table = ui.cohortStatusTableView.mrmlTableNode()
+        rows = sorted((table.GetCellText(r, 0), table.GetCellText(r, 1)) for r in range(table.GetNumberOfRows()))
+        self.assertEqual(rows, [("Cohort_case_1", "done"), ("Cohort_case_2", "done")])
+        for volume in volumes:
+            segmentation = slicer.mrmlScene.GetFirstNodeByName(f"{volume.GetName()} self-test")
+            self.assertIsNotNone(segmentation, volume.GetName())
+            self.assertEqual(segmentation.GetSegmentation().GetNthSegment(0).GetName(), "Label 1")
+        self.delayDisplay("Panel cohort passed")

@@ -29,6 +29,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from . import __version__
 from .errors import InputError, MeddlError, ModelError, OutputError
 from .image import Image
 from .models.card import Label
@@ -159,8 +160,6 @@ def _segment_numbers(labels: Image, card_labels: Sequence[Label]) -> tuple[np.nd
 def _segmentation(datasets: list[Any], numbers: np.ndarray, segments: list[Any], model_name: str) -> Any:
     """The highdicom Segmentation of segment-number map `numbers` on the source images `datasets`."""
     hd, _ = _modules(OutputError)
-    from . import __version__
-
     with warnings.catch_warnings():
         try:
             # the source's patient name is copied as it is; highdicom's doubts about its format are not ours
@@ -183,8 +182,6 @@ def write_dicom_seg(labels: Image, card_labels: Sequence[Label], source_files: S
     `meddl.dicom.series_files`) as a BINARY DICOM SEG referencing that series, whole or not at all."""
     hd, _ = _modules(OutputError)
     from pydicom.sr.codedict import codes
-
-    from . import __version__
 
     path = Path(path)
     if not card_labels:

@@ -146,16 +146,20 @@ def _csv_cases(table: Path) -> list[Case]:
 
 
 def _unique(cases: list[Case]) -> list[Case]:
-    """Case ids made safe as file names; a repeated id is numbered (a_2, a_3)."""
+    return [Case(case_id, case.inputs, case.dicom_files)
+            for case_id, case in zip(safe_case_ids([case.id for case in cases]), cases)]
+
+
+def safe_case_ids(names: list[str]) -> list[str]:
+    """Case ids from names, safe as file names; a repeated id is numbered (a, a_2, a_3)."""
     seen: dict[str, int] = {}
-    result = []
-    for case in cases:
-        base = re.sub(r"[^A-Za-z0-9._-]+", "_", case.id).strip("._") or "case"
+    ids = []
+    for name in names:
+        base = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "case"
         case_id = base
         while case_id in seen:
             seen[base] += 1
             case_id = f"{base}_{seen[base]}"
         seen.setdefault(case_id, 1)
-        result.append(Case(case_id, case.inputs, case.dicom_files))
-    return result
-
+        ids.append(case_id)
+    return ids

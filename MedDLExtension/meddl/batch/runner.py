@@ -56,9 +56,8 @@ class BatchOutcome:
 
 
 def prepare_folder(folder: Path, resume: bool, source: Path | None = None) -> dict[str, CaseRecord]:
-    """Create the output folder (its parent must exist) and return an earlier run's records when resuming.
-
-    Without `resume`, a folder that already holds files is refused, so that no earlier result is replaced."""
+    """Check the output folder (it is created with the first summary) and return an earlier run's records when
+    resuming. Without `resume`, a folder that already holds files is refused, so that no result is replaced."""
     folder = Path(folder)
     if source is not None and source.is_dir() and folder.resolve().is_relative_to(source.resolve()):
         raise OutputError(f"--out {folder} is inside the input folder {source}: give a folder outside it")
@@ -67,10 +66,6 @@ def prepare_folder(folder: Path, resume: bool, source: Path | None = None) -> di
     if not folder.exists():
         if not folder.parent.is_dir():
             raise OutputError(f"--out {folder}: folder {folder.parent} does not exist")
-        try:
-            folder.mkdir()
-        except OSError as error:
-            raise OutputError(f"cannot create {folder}: {error.strerror}") from None
         return {}
     if resume:
         return read_summary(folder)
@@ -93,10 +88,10 @@ def run_batch(task: CaseTask, cases: list[Case], folder: Path, resume: bool = Fa
     def publish() -> tuple[Path, Path]:
         return write_summary(folder, task.command, [records[c.id] for c in cases if c.id in records], len(cases))
 
-    publish()
     if todo:
         report(0.0, f"loading the model ({len(records)} of {len(cases)} cases already done)")
-        task.load(report)
+        task.load(report)  # a model that cannot load fails the run before the output folder is made
+    publish()
     clock = CohortClock(len(todo), report)
     for case, data, error in prefetched(task.read, todo):
         records[case.id] = _run_case(task, case, data, error, folder, clock.case_progress(case))

@@ -51,7 +51,12 @@ def write_text_whole(path: Path, text: str) -> None:
 
 
 def write_summary(folder: Path, command: str, records: list[CaseRecord], total: int) -> tuple[Path, Path]:
-    """summary.json (the run and every case) and summary.csv (one row per case), each written whole."""
+    """summary.json (the run and every case) and summary.csv (one row per case), each written whole; the first
+    summary creates the output folder."""
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot create {folder}: {error.strerror}") from None
     counts = {status: sum(record.status == status for record in records) for status in (DONE, FAILED)}
     report = {"command": command, "cases": total, **counts, "records": [asdict(record) for record in records]}
     write_text_whole(folder / SUMMARY_JSON, json.dumps(report, indent=1))

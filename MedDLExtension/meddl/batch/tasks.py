@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 from dataclasses import dataclass, field
@@ -12,10 +11,15 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..device import select_compute
+from ..dicom import series_files
+from ..dicom_seg import INSTALL_HINT, write_dicom_seg
 from ..errors import InputError
 from ..io import stack_channels_onto, write_image
+from ..models.catalog import default_model
 from ..outputs import OutputSet
 from ..progress import Progress
+from ..tasks import require_task
 from .cases import Case
 from .summary import DONE, CaseRecord, table_text, write_text_whole
 
@@ -51,8 +55,6 @@ class SegmentCases:
     def check(self, cases: list[Case]) -> None:
         if self.output_format != "dicom-seg":
             return
-        from ..dicom_seg import INSTALL_HINT
-
         files = [case.id for case in cases if not case.dicom_files and not Path(case.inputs[0]).is_dir()]
         if files:
             raise InputError(f"--output-format dicom-seg references the source DICOM series, but these cases are "
@@ -61,11 +63,8 @@ class SegmentCases:
             raise InputError(INSTALL_HINT)
 
     def load(self, progress: Progress) -> None:
-        from ..device import select_compute
-        from ..models.catalog import default_model
         from ..models.loading import load_model
         from ..segmentation.segmenters import make_segmenter
-        from ..tasks import require_task
 
         self._loaded = load_model(self.model or default_model("segmentation"), trust=self.trust_model,
                                   folds=self.folds)
@@ -96,9 +95,6 @@ class SegmentCases:
         return [target, sidecar], label_volumes_ml(labels, card.labels)
 
     def _write_dicom_seg(self, case: Case, labels, target: Path, outputs: OutputSet) -> None:
-        from ..dicom import series_files
-        from ..dicom_seg import write_dicom_seg
-
         files = list(case.dicom_files) or series_files(Path(case.inputs[0]))
         write_dicom_seg(labels, self._loaded.card.labels, files, target, self._loaded.card.name, outputs)
 
@@ -154,51 +150,3 @@ class ClassifyCases:
         rows = [{"case": record.case, **record.details} for record in records if record.status == DONE]
         write_text_whole(folder / self.table_name, table_text(rows))
         return folder / self.table_name
-
-
-@dataclass
-class EnhanceCases:
-    """`meddl enhance --batch`: an enhanced volume per case, with the options `meddl enhance` takes."""
-
-    options: dict[str, Any]
-    command: str = "enhance"
-    _model: Any = field(default=None, init=False, repr=False)
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_model": None}
-
-    def check(self, cases: list[Case]) -> None:
-        from ..cli.enhance import chosen_method
-
-        chosen_method(argparse.Namespace(**self.options))
-
-    def load(self, progress: Progress) -> None:
-        from ..enhancement.pretrained import enhancement_kind
-        from ..models.loading import load_model
-
-        if self.options.get("model"):
-            self._model = load_model(self.options["model"], trust=self.options.get("trust_model", False))
-            if enhancement_kind(self._model) != self.options["task"]:
-                raise InputError(f"model {self._model.card.name!r} does {enhancement_kind(self._model)}, "
-                                 f"not {self.options['task']}")
-
-    def read(self, case: Case):
-        return case.read()[0]
-
-    def run(self, case: Case, image, folder: Path, progress: Progress) -> tuple[list[Path], dict[str, Any]]:
-        from ..cli.enhance import _self_calibrated, chosen_method
-        from ..enhancement.pretrained import enhance_with_model
-
-        args = argparse.Namespace(**self.options)
-        if self._model is not None:
-            result = enhance_with_model(image, self._model, args.device, progress)
-        else:
-            result, _ = _self_calibrated(image, args, chosen_method(args), progress)
-        with OutputSet(inputs=list(case.inputs)) as outputs:
-            target = outputs.add(folder / f"{case.id}.nii.gz")
-            write_image(result, target, not args.no_compress, outputs)
-            outputs.commit()
-        return [target], {"spacing": " ".join(f"{value:g}" for value in result.spacing)}
-
-    def finish(self, records: list[CaseRecord], folder: Path) -> Path | None:
-        return None

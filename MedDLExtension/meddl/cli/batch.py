@@ -4,10 +4,12 @@ the batch result, and the worker request that runs a segmentation cohort for Sli
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from ..batch import find_cases, run_batch
+from ..batch.cluster import run_batch_on_ray
 from ..errors import MeddlError
 from ..progress import Progress
 from ..protocol import Request, Result, options
@@ -80,15 +82,9 @@ def _spelled(name: str) -> str:
 
 def run_cohort(task, args: argparse.Namespace, progress: Progress, allow_2d: bool = False) -> BatchResult:
     """Find the cases, run `task` on them here or on Ray, and return the summary."""
-    from dataclasses import asdict
-
-    from ..batch import find_cases, run_batch
-
     source = Path(args.batch)
     cases = find_cases(source, allow_2d=allow_2d)
     if args.ray:
-        from ..batch.cluster import run_batch_on_ray
-
         outcome = run_batch_on_ray(task, cases, Path(args.out), args.resume, progress, source=source,
                                    address=args.ray, workers=args.ray_workers, cpus_per_worker=args.cpus_per_worker)
     else:

@@ -8,12 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ..batch.tasks import EnhanceCases
+from ..batch.cases import Case
+from ..batch.summary import CaseRecord
 from ..enhancement import KINDS
 from ..errors import InputError
 from ..io import IMAGE_SUFFIXES, read_image, write_image
 from ..models.formats import model_files
 from ..outputs import OutputSet
+from ..progress import Progress
 from ..protocol import Request, Result, options
 from .batch import BatchResult, UsageError, add_batch_options, check_batch_usage, run_cohort
 from .options import add_device, add_progress, add_trust, int_in, number_in
@@ -170,6 +172,51 @@ def run_enhance(args: argparse.Namespace, progress) -> EnhanceResult | BatchResu
     if args.task == "denoise" and not args.model:
         settings.update(wiener_passes=args.wiener_passes, noise=args.noise)
     return EnhanceResult(str(output), settings)
+
+
+@dataclass
+class EnhanceCases:
+    """`meddl enhance --batch`: an enhanced volume per case, with the options `meddl enhance` takes."""
+
+    options: dict[str, Any]
+    command: str = "enhance"
+    _model: Any = field(default=None, init=False, repr=False)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_model": None}
+
+    def check(self, cases: list[Case]) -> None:
+        chosen_method(argparse.Namespace(**self.options))
+
+    def load(self, progress: Progress) -> None:
+        from ..enhancement.pretrained import enhancement_kind
+        from ..models.loading import load_model
+
+        if self.options.get("model"):
+            self._model = load_model(self.options["model"], trust=self.options.get("trust_model", False))
+            if enhancement_kind(self._model) != self.options["task"]:
+                raise InputError(f"model {self._model.card.name!r} does {enhancement_kind(self._model)}, "
+                                 f"not {self.options['task']}")
+
+    def read(self, case: Case):
+        return case.read()[0]
+
+    def run(self, case: Case, image, folder: Path, progress: Progress) -> tuple[list[Path], dict[str, Any]]:
+        from ..enhancement.pretrained import enhance_with_model
+
+        args = argparse.Namespace(**self.options)
+        if self._model is not None:
+            result = enhance_with_model(image, self._model, args.device, progress)
+        else:
+            result, _ = _self_calibrated(image, args, chosen_method(args), progress)
+        with OutputSet(inputs=list(case.inputs)) as outputs:
+            target = outputs.add(folder / f"{case.id}.nii.gz")
+            write_image(result, target, not args.no_compress, outputs)
+            outputs.commit()
+        return [target], {"spacing": " ".join(f"{value:g}" for value in result.spacing)}
+
+    def finish(self, records: list[CaseRecord], folder: Path) -> Path | None:
+        return None
 
 
 def _cohort_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -272,3 +272,25 @@ def test_dicom_series_give_dicom_seg_objects_that_read_back_as_the_label_maps(tm
         assert dataset.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
     again = find_cases(tree)
     assert [case.id for case in again] == ["patientA_ct", "patientB"], "earlier SEG outputs are never cases"
+
+
+def test_a_model_that_cannot_load_fails_before_the_output_folder_is_made(tmp_path, cohort, band_model, capsys):
+    band_model.write_bytes(b"corrupt")
+    one_error_line(capsys, _segment(cohort, tmp_path / "out", band_model), 4)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("make, code, words", [
+    (lambda tmp: tmp / "missing", 3, "not found"),
+    (lambda tmp: write_image(_band_image(0), tmp / "one.nii.gz"), 3, "give a folder of images"),
+    (lambda tmp: (tmp / "empty").mkdir() or tmp / "empty", 3, "no image files"),
+])
+def test_a_batch_source_that_holds_no_cases_is_a_clear_error(tmp_path, band_model, capsys, make, code, words):
+    one_error_line(capsys, _segment(make(tmp_path), tmp_path / "out", band_model), code, words)
+
+
+def test_a_damaged_summary_cannot_be_resumed(tmp_path, cohort, band_model, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.json").write_text("{not json")
+    one_error_line(capsys, _segment(cohort, out, band_model, "--resume"), 5, "not a MedDL batch summary")

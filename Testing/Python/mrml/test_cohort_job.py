@@ -111,3 +111,17 @@ def test_one_source_of_cases_is_needed(scene, tmp_path):
         CohortJob(scene, tmp_path / "out", None, "cpu")
     with pytest.raises(ValueError, match="one source of cases"):
         CohortJob(scene, tmp_path / "out", None, "cpu", folder=tmp_path, dicom_series={"a": ["x"]})
+
+
+def test_volumes_of_the_same_name_keep_their_own_results(scene, tmp_path):
+    model = write_band_model(tmp_path)
+    volumes = [volume_node_from_image(scene, _band_image(shift), "MR") for shift in (0, 5)]
+    job = CohortJob(scene, tmp_path / "out", str(model), "cpu", volumes=volumes, load_results=True)
+    assert job.wait(120) is JobState.SUCCEEDED, job.engine.error
+    assert [case["case"] for case in job.finish().cases] == ["MR", "MR_2"]
+    segmentations = scene.GetNodesByName("MR test-unet")
+    assert segmentations.GetNumberOfItems() == 2
+    for index, (node, shift) in enumerate(zip(volumes, (0, 5))):
+        segmentation = segmentations.GetItemAsObject(index)
+        exported = label_map_from_segmentation(segmentation, node, _segments(segmentation))
+        np.testing.assert_array_equal(exported, _band_image(shift).array.astype(exported.dtype))

@@ -227,6 +227,8 @@ def test_ui_loads_and_holds_every_widget_the_code_uses(qt_application, module):
     assert widget is not None
     names = {child.objectName() for child in widget.findChildren(QWidget)}
     used = set(re.findall(r"self\.ui\.(\w+)", (EXTENSION / module / f"{module}.py").read_text()))
+    for helper in (EXTENSION / module / f"{module}Lib").glob("*.py"):  # panel parts kept out of the module file
+        used |= set(re.findall(r"\bui\.(\w+)", helper.read_text()))
     if "MedDLWidgetMixin" in (EXTENSION / module / f"{module}.py").read_text():  # the shared widgets
         without_library = "withLibrary=False" in (EXTENSION / module / f"{module}.py").read_text()
         for shared in (EXTENSION / "MedDLWidgets").glob("*.py"):
