@@ -94,7 +94,7 @@ def run_batch(task: CaseTask, cases: list[Case], folder: Path, resume: bool = Fa
     publish()
     clock = CohortClock(len(todo), report)
     for case, data, error in prefetched(task.read, todo):
-        records[case.id] = _run_case(task, case, data, error, folder, clock.case_progress(case))
+        records[case.id] = run_case(task, case, data, error, folder, clock.case_progress(case))
         publish()
         clock.finished(records[case.id])
     summary_json, summary_csv = publish()
@@ -103,7 +103,7 @@ def run_batch(task: CaseTask, cases: list[Case], folder: Path, resume: bool = Fa
     return BatchOutcome([records[case.id] for case in cases], summary_json, summary_csv, table)
 
 
-def _run_case(task: CaseTask, case: Case, data: Any, error: BaseException | None, folder: Path,
+def run_case(task: CaseTask, case: Case, data: Any, error: BaseException | None, folder: Path,
               progress: Progress) -> CaseRecord:
     start = time.perf_counter()
     record = CaseRecord(case.id, FAILED, list(case.inputs))
