@@ -33,6 +33,9 @@ class Request:
 
     command: ClassVar[str]
     result_type: ClassVar[type[Result]]
+    file_inputs: ClassVar[tuple[str, ...]] = ()  # fields naming input files or folders (uploaded to a server)
+    file_outputs: ClassVar[tuple[str, ...]] = ()  # fields naming output files or folders (fetched from a server)
+    remote: ClassVar[bool] = True  # whether a MedDL server runs this request
 
     def argv(self) -> list[str]:
         raise NotImplementedError

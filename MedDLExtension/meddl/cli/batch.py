@@ -100,6 +100,9 @@ class SegmentBatchRequest(Request):
 
     command = "segment"
     result_type = BatchResult
+    file_inputs = ("batch",)
+    file_outputs = ("out",)
+    remote = False  # a cohort runs where its files are
     batch: str
     out: str
     model: Optional[str] = None

@@ -32,6 +32,8 @@ class ClassifyRequest(Request):
 
     command = "classify"
     result_type = ClassifyResult
+    file_inputs = ("inputs",)
+    file_outputs = ("csv", "saliency")
     inputs: tuple[str, ...]
     model: str
     csv: str

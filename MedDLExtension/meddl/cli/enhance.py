@@ -35,6 +35,8 @@ class EnhanceRequest(Request):
 
     command = "enhance"
     result_type = EnhanceResult
+    file_inputs = ("input",)
+    file_outputs = ("output",)
     input: str
     output: str
     task: str = "denoise"

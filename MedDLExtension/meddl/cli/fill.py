@@ -34,6 +34,8 @@ class FillRequest(Request):
 
     command = "fill"
     result_type = FillResult
+    file_inputs = ("image", "painted", "state_in")
+    file_outputs = ("output", "state_out")
     image: str
     painted: str
     output: str

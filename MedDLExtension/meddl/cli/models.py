@@ -51,6 +51,7 @@ class ImportRequest(Request):
 
     command = "models"
     result_type = LibraryResult
+    file_inputs = ("path",)
     path: str
     model_id: Optional[str] = None
     form: tuple[tuple[str, str], ...] = ()

@@ -35,6 +35,8 @@ class RegisterRequest(Request):
 
     command = "register"
     result_type = RegisterResult
+    file_inputs = ("fixed", "moving", "moving_labels")
+    file_outputs = ("out_transform", "out_warped", "out_warped_labels", "out_report")
     fixed: str
     moving: str
     out_transform: str

@@ -33,6 +33,8 @@ class SegmentRequest(Request):
 
     command = "segment"
     result_type = SegmentResult
+    file_inputs = ("input", "more_inputs")
+    file_outputs = ("output",)
     input: str
     output: str
     model: Optional[str] = None
@@ -117,6 +119,8 @@ class TrainRequest(Request):
 
     command = "train"
     result_type = TrainResult
+    file_inputs = ("images", "labels", "val_images", "val_labels", "init_from")
+    file_outputs = ("out",)
     images: tuple[str, ...]
     labels: tuple[str, ...]
     label_names: str

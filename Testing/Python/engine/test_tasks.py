@@ -159,3 +159,16 @@ def test_every_request_builds_a_command_the_parser_reads_back_with_the_same_defa
             elif DESTS.get(field.name, field.name) in parsed:
                 read = parsed[DESTS.get(field.name, field.name)]
                 assert (tuple(read) if isinstance(read, list) else read) == value, (request_type.__name__, field.name)
+
+
+def test_every_request_names_its_file_fields_among_its_fields():
+    """A server uploads `file_inputs` and fetches `file_outputs`: they must be fields of the request."""
+    import dataclasses
+
+    for request_type in _requests():
+        names = {field.name for field in dataclasses.fields(request_type)}
+        assert set(request_type.file_inputs) | set(request_type.file_outputs) <= names, request_type.__name__
+    assert "output" in REQUEST_TYPES["SegmentRequest"].file_outputs
+
+
+REQUEST_TYPES = {request.__name__: request for request in _requests()}
