@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import vtk
-from meddl.batch.cases import safe_case_ids
+from meddl.batch.cases import Case, find_cases, read_series_files, safe_case_ids
 from meddl.batch.summary import DONE
 from meddl.cli.batch import BatchResult, SegmentBatchRequest
 from meddl.image import Image, check_volume
@@ -47,6 +47,7 @@ class CohortJob(FolderJob):
         if len(given) != 1:
             raise ValueError(f"give one source of cases (volumes, a folder or DICOM series), not {given or 'none'}")
         self.scene, self.load_results, self.output_format = scene, load_results, output_format
+        self.source_folder = Path(folder) if folder else None
         self.volumes_by_case: dict[str, Any] = {}
         self.rows: list[dict[str, Any]] = []
         images = [(node, image_from_volume_node(node)) for node in volumes]
@@ -118,32 +119,42 @@ class CohortJob(FolderJob):
                       "seconds": float(case["seconds"])} for case in result.cases]
         self._show_rows()
         if self.load_results:
+            series = self._dicom_cases()
             for case in result.cases:
                 if case["status"] == DONE:
-                    self._load_case(case)
+                    self._load_case(case, series.get(case["case"]))
         return result
 
-    def _load_case(self, case: Mapping[str, Any]) -> None:
+    def _dicom_cases(self) -> dict[str, Case]:
+        """A folder's DICOM cases by id, with their series' files: a folder holding several series is one case per
+        series, and only the files say which (the engine found them the same way)."""
+        if self.source_folder is None:
+            return {}
+        return {case.id: case for case in find_cases(self.source_folder) if case.dicom_files}
+
+    def _load_case(self, case: Mapping[str, Any], series: Case | None = None) -> None:
         output, sidecar = (Path(path) for path in case["outputs"][:2])
         table = json.loads(sidecar.read_text(encoding="utf-8"))
         volume = self.volumes_by_case.get(case["case"])
+        files = list(series.dicom_files) if series is not None and list(series.inputs) == case["inputs"] else None
         if volume is None:
-            image = read_image(case["inputs"][0])
+            image = read_series_files(files, case["inputs"][0]) if files else read_image(case["inputs"][0])
             volume = volume_node_from_image(self.scene, image, case["case"])
         else:
             image = image_from_volume_node(volume)
-        labels = labels_of_output(output, image, case["inputs"][0])
+        labels = labels_of_output(output, image, case["inputs"][0], files)
         apply_label_map(self.scene, labels, table["labels"], volume, name=f"{volume.GetName()} {table['model']}")
 
 
-def labels_of_output(output: Path, image: Image, source: str) -> Image:
-    """A cohort output's label map on the case's grid: a label-map file, or a DICOM SEG on its source series."""
+def labels_of_output(output: Path, image: Image, source: str, files: Sequence[str] | None = None) -> Image:
+    """A cohort output's label map on the case's grid: a label-map file, or a DICOM SEG on its source series
+    (`files`, in slice order; by default the one series in the folder `source`)."""
     if not output.name.endswith(".seg.dcm"):
         return read_image(output)
     from meddl.dicom import series_files
     from meddl.dicom_seg import read_dicom_seg
 
-    array, _ = read_dicom_seg(output, series_files(Path(source)))
+    array, _ = read_dicom_seg(output, list(files) if files else series_files(Path(source)))
     return image.with_array(array)
 
 

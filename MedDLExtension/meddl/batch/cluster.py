@@ -23,7 +23,7 @@ from typing import Any, Callable
 from ..errors import DeviceError, MeddlError
 from ..progress import Progress, no_progress
 from .cases import Case
-from .runner import BatchOutcome, CaseTask, CohortClock, prepare_folder, run_case
+from .runner import BatchOutcome, CaseTask, CohortClock, finished_records, prepare_folder, run_case
 from .summary import DONE, FAILED, CaseRecord, write_summary
 
 INSTALL_HINT = 'running cases on a Ray cluster (--ray) needs the optional package ray: pip install "meddl[cluster]"'
@@ -47,14 +47,12 @@ def run_batch_on_ray(task: CaseTask, cases: list[Case], folder: Path, resume: bo
     report = progress or no_progress
     folder = Path(folder)
     task.check(cases)
-    earlier = prepare_folder(folder, resume, source)
-    records = {case.id: earlier[case.id] for case in cases if case.id in earlier and earlier[case.id].is_finished()}
+    records = finished_records(prepare_folder(folder, resume, source, task.command), cases)
     todo = [case for case in cases if case.id not in records]
 
     def publish() -> tuple[Path, Path]:
         return write_summary(folder, task.command, [records[c.id] for c in cases if c.id in records], len(cases))
 
-    publish()
     if todo:
         clock = CohortClock(len(todo), report)
 
@@ -64,6 +62,7 @@ def run_batch_on_ray(task: CaseTask, cases: list[Case], folder: Path, resume: bo
             clock.finished(records[case.id])
 
         with ray_connection(ray, address):
+            publish()  # the output folder is made once the cluster answers (a bad address leaves none)
             count, options = worker_plan(ray, task, workers, cpus_per_worker, len(todo))
             report(0.0, f"starting {count} Ray worker(s) ({len(records)} of {len(cases)} cases already done)")
             with CaseWorkers(ray, task, count, options) as pool:
@@ -324,8 +323,8 @@ def lost_record(case: Case, deaths: int, error: BaseException) -> CaseRecord:
 
 def absolute_case(case: Case) -> Case:
     """The case with absolute paths, as a worker (whose working folder differs) needs them."""
-    return Case(case.id, tuple(str(Path(path).absolute()) for path in case.inputs),
-                tuple(str(Path(path).absolute()) for path in case.dicom_files))
+    return replace(case, inputs=tuple(str(Path(path).absolute()) for path in case.inputs),
+                   dicom_files=tuple(str(Path(path).absolute()) for path in case.dicom_files))
 
 
 def brief(error: BaseException | None) -> str:

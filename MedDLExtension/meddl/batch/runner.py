@@ -4,6 +4,7 @@ one runs, one case's failure recorded and the run going on, the summary rewritte
 
 from __future__ import annotations
 
+import os
 import queue
 import sys
 import threading
@@ -15,9 +16,10 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from ..errors import MeddlError, OutputError
+from ..outputs import STAGING_PREFIX
 from ..progress import Progress, no_progress, report_metrics
 from .cases import Case
-from .summary import DONE, FAILED, SUMMARY_JSON, CaseRecord, read_summary, write_summary
+from .summary import DONE, FAILED, SUMMARY_CSV, SUMMARY_JSON, CaseRecord, read_summary, write_summary
 
 
 class CaseTask(Protocol):
@@ -55,9 +57,11 @@ class BatchOutcome:
         return sum(record.status == status for record in self.records)
 
 
-def prepare_folder(folder: Path, resume: bool, source: Path | None = None) -> dict[str, CaseRecord]:
+def prepare_folder(folder: Path, resume: bool, source: Path | None = None,
+                   command: str | None = None) -> dict[str, CaseRecord]:
     """Check the output folder (it is created with the first summary) and return an earlier run's records when
-    resuming. Without `resume`, a folder that already holds files is refused, so that no result is replaced."""
+    resuming (a run of `command`). A folder that already holds files is refused, so that no result is replaced,
+    unless `resume` continues the batch run whose summary is there."""
     folder = Path(folder)
     if source is not None and source.is_dir() and folder.resolve().is_relative_to(source.resolve()):
         raise OutputError(f"--out {folder} is inside the input folder {source}: give a folder outside it")
@@ -67,12 +71,28 @@ def prepare_folder(folder: Path, resume: bool, source: Path | None = None) -> di
         if not folder.parent.is_dir():
             raise OutputError(f"--out {folder}: folder {folder.parent} does not exist")
         return {}
-    if resume:
-        return read_summary(folder)
-    if any(folder.iterdir()):
-        earlier = " (an earlier batch run: --resume continues it)" if (folder / SUMMARY_JSON).exists() else ""
+    try:  # what a killed job left while staging is not the folder's content (the next job removes it)
+        held = {path.name for path in folder.iterdir() if not path.name.startswith(STAGING_PREFIX)}
+    except OSError as error:
+        raise OutputError(f"--out {folder}: cannot read the folder ({error.strerror or error})") from None
+    if resume and SUMMARY_JSON in held:
+        return read_summary(folder, command)
+    if resume and held:
+        raise OutputError(f"--resume: {folder} holds no {SUMMARY_JSON} of an earlier batch run, but other files; "
+                          "give the earlier run's --out, or a new or empty folder")
+    if held and not _only_an_empty_summary(folder, held):
+        earlier = " (an earlier batch run: --resume continues it)" if SUMMARY_JSON in held else ""
         raise OutputError(f"--out {folder} is not empty{earlier}; give a new or empty folder")
     return {}
+
+
+def _only_an_empty_summary(folder: Path, held: set[str]) -> bool:
+    """The folder holds only the summary of a run that finished no case (e.g. its Ray workers could not load the
+    model): nothing a new run would replace."""
+    try:
+        return held <= {SUMMARY_JSON, SUMMARY_CSV} and not read_summary(folder)
+    except OutputError:
+        return False
 
 
 def run_batch(task: CaseTask, cases: list[Case], folder: Path, resume: bool = False,
@@ -81,8 +101,7 @@ def run_batch(task: CaseTask, cases: list[Case], folder: Path, resume: bool = Fa
     report = progress or no_progress
     folder = Path(folder)
     task.check(cases)
-    earlier = prepare_folder(folder, resume, source)
-    records = {case.id: earlier[case.id] for case in cases if case.id in earlier and earlier[case.id].is_finished()}
+    records = finished_records(prepare_folder(folder, resume, source, task.command), cases)
     todo = [case for case in cases if case.id not in records]
 
     def publish() -> tuple[Path, Path]:
@@ -101,6 +120,20 @@ def run_batch(task: CaseTask, cases: list[Case], folder: Path, resume: bool = Fa
     table = task.finish([records[case.id] for case in cases], folder)
     report(1.0, f"{sum(r.status == DONE for r in records.values())} of {len(cases)} cases done")
     return BatchOutcome([records[case.id] for case in cases], summary_json, summary_csv, table)
+
+
+def finished_records(earlier: dict[str, CaseRecord], cases: list[Case]) -> dict[str, CaseRecord]:
+    """The earlier run's records a resumed run keeps: cases done, outputs still in place, from the same inputs. A
+    case id now naming other inputs that exist (e.g. after files were added to the folder, the ids of same-named
+    files shift) is run again; inputs that are gone (copies exported for that run, as Slicer's cohort job makes)
+    leave the id to say which case it is."""
+
+    def same_inputs(record: CaseRecord, case: Case) -> bool:
+        earlier = [os.path.abspath(path) for path in record.inputs]
+        return earlier == [os.path.abspath(path) for path in case.inputs] or not any(map(os.path.exists, earlier))
+
+    return {case.id: earlier[case.id] for case in cases
+            if case.id in earlier and earlier[case.id].is_finished() and same_inputs(earlier[case.id], case)}
 
 
 def run_case(task: CaseTask, case: Case, data: Any, error: BaseException | None, folder: Path,

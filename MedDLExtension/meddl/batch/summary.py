@@ -4,6 +4,7 @@ each case, so that a killed run leaves an up-to-date summary and `--resume` know
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OutputError
+from ..outputs import STAGING_PREFIX
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
@@ -40,14 +42,24 @@ class CaseRecord:
 def write_text_whole(path: Path, text: str) -> None:
     """Write `path` through a temporary file in its folder and an atomic rename: readers see the old or the
     new content, never a part."""
-    handle, temporary = tempfile.mkstemp(prefix=".meddl-", suffix=".tmp", dir=path.parent)
+    # named as OutputSet's staging (with this process's id), so that the next job removes what a killed one left
+    handle, temporary = tempfile.mkstemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
+            os.chmod(temporary, 0o666 & ~current_umask())  # as any file written (mkstemp makes it private)
             stream.write(text)
         os.replace(temporary, path)
     except OSError as error:
         Path(temporary).unlink(missing_ok=True)
         raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+@functools.cache
+def current_umask() -> int:
+    """The process's umask (read once: reading it means setting it for a moment)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_summary(folder: Path, command: str, records: list[CaseRecord], total: int) -> tuple[Path, Path]:
@@ -82,8 +94,9 @@ def table_text(rows: list[dict[str, Any]]) -> str:
     return text.getvalue()
 
 
-def read_summary(folder: Path) -> dict[str, CaseRecord]:
-    """The records of an earlier run in `folder` by case id (none when it has no summary)."""
+def read_summary(folder: Path, command: str | None = None) -> dict[str, CaseRecord]:
+    """The records of an earlier run in `folder` by case id (none when it has no summary); with `command`, a
+    summary of another command's run is refused (its outputs are not this command's, and may share names)."""
     path = folder / SUMMARY_JSON
     if not path.is_file():
         return {}
@@ -92,4 +105,7 @@ def read_summary(folder: Path) -> dict[str, CaseRecord]:
         records = [CaseRecord(**record) for record in report["records"]]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise OutputError(f"cannot resume from {path}: it is not a MedDL batch summary ({error})") from None
+    if command is not None and report.get("command") != command:
+        raise OutputError(f"cannot resume from {path}: it is the summary of a 'meddl {report.get('command')} "
+                          f"--batch' run, not of 'meddl {command} --batch'; give another --out")
     return {record.case: record for record in records}

@@ -51,7 +51,7 @@ def add_batch_options(parser: argparse.ArgumentParser) -> None:
                             "address host:port (needs pip install \"meddl[cluster]\")")
     group.add_argument("--ray-workers", type=int_in(1, 10000), default=None,
                        help="Ray: model-holding workers (default: one per GPU, else one per --cpus-per-worker cores)")
-    group.add_argument("--cpus-per-worker", type=number_in(0, 4096, low_open=True), default=1.0,
+    group.add_argument("--cpus-per-worker", type=number_in(0, 4096, low_open=True), default=None,
                        help="Ray: CPU cores each worker holds (default 1)")
 
 
@@ -59,9 +59,11 @@ def check_batch_usage(args: argparse.Namespace, single: tuple[str, ...], optiona
     """True for a cohort run; refuses mixing a cohort's options with one case's arguments (`single` are
     required for one case, `optional` only allowed with one)."""
     given = [name for name in (*single, *optional) if getattr(args, name, None)]
+    ray_only = [flag for flag, value in (("--ray-workers", args.ray_workers),
+                                         ("--cpus-per-worker", args.cpus_per_worker)) if value is not None]
     if args.batch is None:
         flags = [flag for flag, value in (("--out", args.out), ("--resume", args.resume), ("--ray", args.ray))
-                 if value]
+                 if value] + ray_only
         if flags:
             raise UsageError(f"{', '.join(flags)}: only with --batch INPUTS")
         missing = [_spelled(name) for name in single if not getattr(args, name, None)]
@@ -70,6 +72,8 @@ def check_batch_usage(args: argparse.Namespace, single: tuple[str, ...], optiona
         return False
     if given:
         raise UsageError(f"--batch runs the cases it finds; do not also give {' and '.join(map(_spelled, given))}")
+    if ray_only and not args.ray:
+        raise UsageError(f"{', '.join(ray_only)}: only with --ray (the cases run on a Ray cluster)")
     if not args.out:
         raise UsageError("--batch needs --out DIR, the folder for the cohort's outputs")
     return True
@@ -86,7 +90,8 @@ def run_cohort(task, args: argparse.Namespace, progress: Progress, allow_2d: boo
     cases = find_cases(source, allow_2d=allow_2d)
     if args.ray:
         outcome = run_batch_on_ray(task, cases, Path(args.out), args.resume, progress, source=source,
-                                   address=args.ray, workers=args.ray_workers, cpus_per_worker=args.cpus_per_worker)
+                                   address=args.ray, workers=args.ray_workers,
+                                   cpus_per_worker=args.cpus_per_worker or 1.0)
     else:
         outcome = run_batch(task, cases, Path(args.out), args.resume, progress, source=source)
     return BatchResult(str(outcome.summary_json), str(outcome.summary_csv), outcome.count("done"),

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from meddl.batch import Case, find_cases
-from meddl.batch.runner import prefetched
+from meddl.batch.cases import safe_case_ids
+from meddl.batch.runner import prefetched, prepare_folder
 from meddl.cli import main
-from meddl.errors import InputError
+from meddl.errors import InputError, OutputError
 from meddl.image import Image
 from meddl.io import read_image, write_image
 from meddl_testing import band_volume, one_error_line, write_band_model, write_dicom_series, write_task_models
@@ -129,6 +130,20 @@ def test_a_dicom_tree_gives_one_case_per_series(tmp_path, band_model):
         np.testing.assert_array_equal(labels.array, np.clip(np.rint(image.array), 0, 3))
 
 
+def test_a_folder_gdcm_cannot_scan_fails_as_one_case_and_the_others_run(tmp_path, band_model, capsys):
+    pydicom = pytest.importorskip("pydicom")
+    tree = tmp_path / "dicom"
+    (tree / "good").mkdir(parents=True)
+    (tree / "odd").mkdir()
+    write_dicom_series(_band_image(0), tree / "good")
+    shutil.copy(Path(pydicom.__file__).parent / "data" / "test_files" / "rtdose_1frame.dcm", tree / "odd")
+    out = tmp_path / "out"
+    assert _segment(tree, out, band_model) == 7
+    records, _ = _summary(out)
+    assert records["good"]["status"] == "done" and records["odd"]["status"] == "failed"
+    assert "cannot look for DICOM series in folder" in records["odd"]["message"]
+    assert "Traceback" not in capsys.readouterr().err
+
 def test_a_csv_table_names_cases_and_a_missing_file_fails_only_its_case(tmp_path, cohort, band_model):
     table = tmp_path / "cases.csv"
     table.write_text("case,image\nfirst,scans/patient0.nii.gz\nsecond/../x,scans/missing.nii.gz\n"
@@ -144,7 +159,8 @@ def test_a_csv_table_names_cases_and_a_missing_file_fails_only_its_case(tmp_path
 
 @pytest.mark.parametrize("text, words", [("image\na.nii.gz\n", "first row must name the columns"),
                                          ("case,image\n", "no cases"),
-                                         ("case,t1,t2\na,x.nii.gz\n", "expected 3 non-empty cells")])
+                                         ("case,t1,t2\na,x.nii.gz\n", "expected 3 non-empty cells"),
+                                         ("case,image\n\na,x.nii.gz\n\nb,\n", "line 5: expected 2")])
 def test_a_bad_csv_table_is_a_clear_error(tmp_path, band_model, capsys, text, words):
     (tmp_path / "cases.csv").write_text(text)
     code = _segment(tmp_path / "cases.csv", tmp_path / "out", band_model)
@@ -158,6 +174,8 @@ def test_a_bad_csv_table_is_a_clear_error(tmp_path, band_model, capsys, text, wo
     (["IN", "x.nii.gz", "--batch", "IN", "--out", "OUT"], "do not also give INPUT and OUTPUT"),
     (["IN", "x.nii.gz", "--output-format", "nrrd"], "only with --batch"),
     (["IN"], "give OUTPUT"),
+    (["--batch", "IN", "--out", "OUT", "--ray-workers", "2"], "--ray-workers: only with --ray"),
+    (["IN", "x.nii.gz", "--cpus-per-worker", "2"], "only with --batch"),
 ])
 def test_cohort_options_that_do_not_go_together_are_usage_errors(tmp_path, cohort, band_model, capsys, args,
                                                                  words):
@@ -294,3 +312,81 @@ def test_a_damaged_summary_cannot_be_resumed(tmp_path, cohort, band_model, capsy
     out.mkdir()
     (out / "summary.json").write_text("{not json")
     one_error_line(capsys, _segment(cohort, out, band_model, "--resume"), 5, "not a MedDL batch summary")
+
+
+def test_case_ids_are_file_names_on_every_system_and_stay_as_given_when_they_can():
+    ids = safe_case_ids(["a", "A", "a", "a_2", "con", "Aux.t1", "../../x", ".", "L" * 300, "L" * 300])
+    assert ids == ["a", "A_3", "a_4", "a_2", "con_", "Aux_.t1", "x", "case", "L" * 100, "L" * 100 + "_2"]
+    assert len({case_id.casefold() for case_id in ids}) == len(ids)  # unique where file names ignore case
+    assert safe_case_ids(ids) == ids  # Slicer's cohort job names its cases first; the engine keeps them
+
+
+def test_resume_continues_only_the_same_command_s_run_in_its_own_folder(tmp_path, cohort, band_model, capsys):
+    out = tmp_path / "out"
+    assert _segment(cohort, out, band_model) == 0
+    capsys.readouterr()
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    code = main(["enhance", "--batch", str(cohort), "--out", str(out), "--resume", "--task", "denoise",
+                 "--device", "cpu", "--progress", "none"])
+    one_error_line(capsys, code, 5, "summary of a 'meddl segment --batch' run")
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "patient0.nii.gz").write_bytes(b"my own file")
+    one_error_line(capsys, _segment(cohort, mine, band_model, "--resume"), 5, "holds no summary.json")
+    assert [path.name for path in mine.iterdir()] == ["patient0.nii.gz"]
+
+
+def test_resume_runs_again_a_case_whose_id_now_names_other_inputs(tmp_path, cohort, band_model):
+    out = tmp_path / "out"
+    assert _segment(cohort, out, band_model) == 0
+    write_image(_band_image(5), cohort / "patient0.mha")  # sorts first: it is case patient0 now
+    assert _segment(cohort, out, band_model, "--resume") == 0
+    records, _ = _summary(out)
+    assert records["patient0"]["inputs"] == [str(cohort / "patient0.mha")]
+    assert records["patient0_2"]["inputs"] == [str(cohort / "patient0.nii.gz")]
+    for case, shift in (("patient0", 5), ("patient0_2", 0)):
+        np.testing.assert_array_equal(read_image(out / f"{case}.nii.gz").array,
+                                      np.clip(np.rint(_band_image(shift).array), 0, 3))
+
+
+def test_an_unreadable_folder_is_a_clear_error(tmp_path, cohort, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def refused(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "iterdir", refused)
+    with pytest.raises(OutputError, match="cannot read the folder .Permission denied"):
+        prepare_folder(out, resume=False)
+    with pytest.raises(InputError, match="cannot read the folder .Permission denied"):
+        find_cases(cohort)
+
+
+def test_a_folder_holding_only_a_summary_of_no_case_is_taken_as_empty(tmp_path, cohort, band_model, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.json").write_text(json.dumps({"command": "segment", "cases": 3, "records": []}))
+    (out / "summary.csv").write_text("")
+    assert _segment(cohort, out, band_model) == 0  # e.g. a Ray run whose workers could not load the model
+    assert _summary(out)[1]["done"] == 3
+
+
+def test_resume_keeps_a_done_case_whose_earlier_inputs_are_gone(tmp_path, cohort, band_model):
+    out = tmp_path / "out"
+    assert _segment(cohort, out, band_model) == 0
+    before = _summary(out)[0]
+    moved = cohort.rename(tmp_path / "exported_again")  # as Slicer's cohort job exports volumes anew each time
+    assert _segment(moved, out, band_model, "--resume") == 0
+    assert _summary(out)[0] == before, "nothing ran again"
+
+
+def test_what_a_killed_run_left_while_writing_its_summary_is_removed(tmp_path, cohort, band_model):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".meddl-999999999-a1b2c3.tmp").write_text('{"command": "seg')  # a summary being written, killed
+    assert _segment(cohort, out, band_model) == 0
+    assert not list(out.glob(".meddl-*"))
+    summary = out / "summary.json"
+    assert summary.stat().st_mode & 0o777 == (out / "patient0.nii.gz").stat().st_mode & 0o777  # not private

@@ -168,6 +168,15 @@ def test_an_address_nothing_answers_at_is_refused():
         pass
 
 
+def test_a_cluster_that_does_not_answer_leaves_no_output_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # not the module's cluster, if it is running
+    out = tmp_path / "out"
+    case = Case("a", (str(tmp_path / "a.txt"),))
+    with pytest.raises(DeviceError, match="cannot reach the Ray cluster at 127.0.0.1:1"):
+        run_batch_on_ray(ProbeCases(str(tmp_path)), [case], out, address="127.0.0.1:1")
+    assert not out.exists(), "a run that could not start is not an earlier run that --resume must name"
+
+
 def test_workers_default_to_one_per_gpu_else_per_cpu_share(capsys):
     from meddl.batch.tasks import SegmentCases
 

@@ -11,7 +11,7 @@ import pytest
 import slicer
 from meddl.image import Image
 from meddl.io import read_image, write_image
-from meddl_testing import band_volume, oblique_direction, write_band_model, write_state_dict_model
+from meddl_testing import band_volume, oblique_direction, write_band_model, write_dicom_series, write_state_dict_model
 from MedDLLib.cohort_job import CohortJob
 from MedDLLib.jobs import JobState
 from MedDLLib.segmentations import label_map_from_segmentation
@@ -125,3 +125,21 @@ def test_volumes_of_the_same_name_keep_their_own_results(scene, tmp_path):
         segmentation = segmentations.GetItemAsObject(index)
         exported = label_map_from_segmentation(segmentation, node, _segments(segmentation))
         np.testing.assert_array_equal(exported, _band_image(shift).array.astype(exported.dtype))
+
+
+def test_a_folder_holding_two_series_loads_each_case_on_its_own_series(scene, tmp_path):
+    model = write_band_model(tmp_path)
+    series = tmp_path / "dicom" / "study"
+    series.mkdir(parents=True)
+    images = {"study_1": Image(band_volume(), (1.0, 1.5, 2.0)),
+              "study_2": Image(np.roll(band_volume(), 4, axis=2), (1.0, 1.5, 2.0))}
+    for number, image in enumerate(images.values(), start=1):
+        write_dicom_series(image, series, series=f"1.2.826.0.1.3680043.2.1125.7.{number}")
+    job = CohortJob(scene, tmp_path / "out", str(model), "cpu", folder=tmp_path / "dicom", load_results=True)
+    assert job.wait(120) is JobState.SUCCEEDED, job.engine.error
+    assert job.finish().done == 2
+    for case, image in images.items():
+        volume = scene.GetFirstNodeByName(case)
+        segmentation = scene.GetFirstNodeByName(f"{case} test-unet")
+        exported = label_map_from_segmentation(segmentation, volume, _segments(segmentation))
+        np.testing.assert_array_equal(exported, image.array.astype(exported.dtype))
