@@ -23,7 +23,7 @@ from typing import Any, Callable
 from ..errors import DeviceError, MeddlError
 from ..progress import Progress, no_progress
 from .cases import Case
-from .runner import BatchOutcome, CaseTask, CohortClock, finished_records, prepare_folder, run_case
+from .runner import BatchOutcome, CaseTask, CohortClock, finished_records, prepare_folder, run_case, task_settings
 from .summary import DONE, FAILED, CaseRecord, write_summary
 
 INSTALL_HINT = 'running cases on a Ray cluster (--ray) needs the optional package ray: pip install "meddl[cluster]"'
@@ -47,11 +47,12 @@ def run_batch_on_ray(task: CaseTask, cases: list[Case], folder: Path, resume: bo
     report = progress or no_progress
     folder = Path(folder)
     task.check(cases)
-    records = finished_records(prepare_folder(folder, resume, source, task.command), cases)
+    records = finished_records(prepare_folder(folder, resume, source, task.command, task_settings(task)), cases)
     todo = [case for case in cases if case.id not in records]
 
     def publish() -> tuple[Path, Path]:
-        return write_summary(folder, task.command, [records[c.id] for c in cases if c.id in records], len(cases))
+        return write_summary(folder, task.command, [records[c.id] for c in cases if c.id in records], len(cases),
+                             task_settings(task))
 
     if todo:
         clock = CohortClock(len(todo), report)

@@ -4,6 +4,8 @@ one runs, one case's failure recorded and the run going on, the summary rewritte
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import queue
 import sys
@@ -57,8 +59,8 @@ class BatchOutcome:
         return sum(record.status == status for record in self.records)
 
 
-def prepare_folder(folder: Path, resume: bool, source: Path | None = None,
-                   command: str | None = None) -> dict[str, CaseRecord]:
+def prepare_folder(folder: Path, resume: bool, source: Path | None = None, command: str | None = None,
+                   settings: dict[str, Any] | None = None) -> dict[str, CaseRecord]:
     """Check the output folder (it is created with the first summary) and return an earlier run's records when
     resuming (a run of `command`). A folder that already holds files is refused, so that no result is replaced,
     unless `resume` continues the batch run whose summary is there."""
@@ -76,7 +78,7 @@ def prepare_folder(folder: Path, resume: bool, source: Path | None = None,
     except OSError as error:
         raise OutputError(f"--out {folder}: cannot read the folder ({error.strerror or error})") from None
     if resume and SUMMARY_JSON in held:
-        return read_summary(folder, command)
+        return read_summary(folder, command, settings)
     if resume and held:
         raise OutputError(f"--resume: {folder} holds no {SUMMARY_JSON} of an earlier batch run, but other files; "
                           "give the earlier run's --out, or a new or empty folder")
@@ -101,11 +103,12 @@ def run_batch(task: CaseTask, cases: list[Case], folder: Path, resume: bool = Fa
     report = progress or no_progress
     folder = Path(folder)
     task.check(cases)
-    records = finished_records(prepare_folder(folder, resume, source, task.command), cases)
+    records = finished_records(prepare_folder(folder, resume, source, task.command, task_settings(task)), cases)
     todo = [case for case in cases if case.id not in records]
 
     def publish() -> tuple[Path, Path]:
-        return write_summary(folder, task.command, [records[c.id] for c in cases if c.id in records], len(cases))
+        return write_summary(folder, task.command, [records[c.id] for c in cases if c.id in records], len(cases),
+                             task_settings(task))
 
     if todo:
         report(0.0, f"loading the model ({len(records)} of {len(cases)} cases already done)")
@@ -120,6 +123,15 @@ def run_batch(task: CaseTask, cases: list[Case], folder: Path, resume: bool = Fa
     table = task.finish([records[case.id] for case in cases], folder)
     report(1.0, f"{sum(r.status == DONE for r in records.values())} of {len(cases)} cases done")
     return BatchOutcome([records[case.id] for case in cases], summary_json, summary_csv, table)
+
+
+def task_settings(task: CaseTask) -> dict[str, Any]:
+    """What a task's results depend on (model, format, options; not the device), as JSON values: a resumed run
+    must have the same."""
+    values = task.options if isinstance(getattr(task, "options", None), dict) else {
+        field.name: getattr(task, field.name) for field in dataclasses.fields(task) if field.init}
+    kept = {name: value for name, value in values.items() if name not in ("device", "command")}
+    return json.loads(json.dumps(kept, default=str))
 
 
 def finished_records(earlier: dict[str, CaseRecord], cases: list[Case]) -> dict[str, CaseRecord]:

@@ -62,7 +62,8 @@ def current_umask() -> int:
     return mask
 
 
-def write_summary(folder: Path, command: str, records: list[CaseRecord], total: int) -> tuple[Path, Path]:
+def write_summary(folder: Path, command: str, records: list[CaseRecord], total: int,
+                  settings: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """summary.json (the run and every case) and summary.csv (one row per case), each written whole; the first
     summary creates the output folder."""
     try:
@@ -70,7 +71,8 @@ def write_summary(folder: Path, command: str, records: list[CaseRecord], total: 
     except OSError as error:
         raise OutputError(f"cannot create {folder}: {error.strerror}") from None
     counts = {status: sum(record.status == status for record in records) for status in (DONE, FAILED)}
-    report = {"command": command, "cases": total, **counts, "records": [asdict(record) for record in records]}
+    report = {"command": command, "settings": settings or {}, "cases": total, **counts,
+              "records": [asdict(record) for record in records]}
     write_text_whole(folder / SUMMARY_JSON, json.dumps(report, indent=1))
     write_text_whole(folder / SUMMARY_CSV, _csv_text(records))
     return folder / SUMMARY_JSON, folder / SUMMARY_CSV
@@ -94,9 +96,11 @@ def table_text(rows: list[dict[str, Any]]) -> str:
     return text.getvalue()
 
 
-def read_summary(folder: Path, command: str | None = None) -> dict[str, CaseRecord]:
+def read_summary(folder: Path, command: str | None = None,
+                 settings: dict[str, Any] | None = None) -> dict[str, CaseRecord]:
     """The records of an earlier run in `folder` by case id (none when it has no summary); with `command`, a
-    summary of another command's run is refused (its outputs are not this command's, and may share names)."""
+    summary of another command's run is refused (its outputs are not this command's, and may share names), and
+    with `settings`, one of a run with other settings (another model, format, ...: results would be mixed)."""
     path = folder / SUMMARY_JSON
     if not path.is_file():
         return {}
@@ -108,4 +112,11 @@ def read_summary(folder: Path, command: str | None = None) -> dict[str, CaseReco
     if command is not None and report.get("command") != command:
         raise OutputError(f"cannot resume from {path}: it is the summary of a 'meddl {report.get('command')} "
                           f"--batch' run, not of 'meddl {command} --batch'; give another --out")
+    earlier = report.get("settings") or {}
+    changed = sorted(name for name in {*earlier, *(settings or {})} if settings is not None
+                     and earlier.get(name) != settings.get(name))
+    if changed:
+        described = ", ".join(f"{name} {earlier.get(name)!r} then, {settings.get(name)!r} now" for name in changed)
+        raise OutputError(f"cannot resume from {path}: the earlier run had other settings ({described}); resume "
+                          "with the same settings, or give another --out")
     return {record.case: record for record in records}

@@ -390,3 +390,17 @@ def test_what_a_killed_run_left_while_writing_its_summary_is_removed(tmp_path, c
     assert not list(out.glob(".meddl-*"))
     summary = out / "summary.json"
     assert summary.stat().st_mode & 0o777 == (out / "patient0.nii.gz").stat().st_mode & 0o777  # not private
+
+
+def test_resume_refuses_a_run_with_another_model_or_format(tmp_path, cohort, band_model, capsys):
+    out = tmp_path / "out"
+    (cohort / "patient2.nii.gz").write_bytes(b"broken")
+    assert _segment(cohort, out, band_model) == 7
+    capsys.readouterr()
+    other = tmp_path / "other"
+    other.mkdir()
+    code = _segment(cohort, out, write_band_model(other), "--resume")
+    one_error_line(capsys, code, 5, "the earlier run had other settings (model")
+    code = _segment(cohort, out, band_model, "--resume", "--output-format", "nrrd")
+    one_error_line(capsys, code, 5, "output_format 'nii.gz' then, 'nrrd' now")
+    assert _segment(cohort, out, band_model, "--resume", "--device", "cpu") == 7  # the device may change

@@ -79,7 +79,7 @@ class ProbeCases:
         if case.id in self.kill_always or (case.id in self.kill_once and first_time(calls / f"killed-{case.id}")):
             os._exit(1)
         time.sleep(self.sleeps.get(case.id, self.sleep))
-        if case.id in self.fail:
+        if case.id in self.fail and not (calls / f"repaired-{case.id}").exists():  # the user repairs the input
             raise InputError(f"{case.id}: unreadable on purpose")
         with OutputSet(inputs=case.inputs) as outputs:
             target = outputs.add(folder / f"{case.id}.txt")
@@ -248,11 +248,12 @@ def test_a_failed_case_is_recorded_and_resume_runs_only_it(cluster, cohort):
     assert records["c4"].status == FAILED and records["c4"].message == "c4: unreadable on purpose"
     assert summary_of(out)["failed"] == 1 and outcome.count(DONE) == 4
     with pytest.raises(Exception, match="not empty"):  # without resume, an earlier run is never overwritten
-        run_batch_on_ray(ProbeCases(str(calls)), cases, out)
-    run_batch_on_ray(ProbeCases(str(calls)), cases, out, resume=True)
+        run_batch_on_ray(ProbeCases(str(calls), fail=("c4",)), cases, out)
+    (calls / "repaired-c4").touch()
+    run_batch_on_ray(ProbeCases(str(calls), fail=("c4",)), cases, out, resume=True)
     assert_all_done_once(out, cases)
     assert calls_of(calls, "c4") == 2 and all(calls_of(calls, case) == 1 for case in CASES if case != "c4")
-    run_batch_on_ray(ProbeCases(str(calls)), cases, out, resume=True, address="no-such-host:1")  # nothing to do
+    run_batch_on_ray(ProbeCases(str(calls), fail=("c4",)), cases, out, resume=True, address="no-such-host:1")
     assert calls_of(calls, "c4") == 2
 
 
@@ -278,7 +279,7 @@ def test_interrupt_keeps_finished_cases_and_stops_the_workers(cluster, cohort):
         time.sleep(0.1)
     assert ray.available_resources().get("CPU", 0) == 2  # both actors were killed (c2 was still sleeping)
     assert not (out / "c2.txt").exists()
-    run_batch_on_ray(ProbeCases(str(calls)), cases, out, resume=True)
+    run_batch_on_ray(task, cases, out, resume=True)  # the same settings (a resumed run must keep them)
     assert_all_done_once(out, cases)
     assert calls_of(calls, "c1") == 1
 
