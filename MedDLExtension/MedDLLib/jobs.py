@@ -333,15 +333,18 @@ class FolderJob(Job):
     the job succeeded.
     """
 
-    engine: EngineJob
+    engine: Job
 
     def __init__(self, prefix: str) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix=prefix))
 
     def _start(self, request: Request, device: str | None) -> None:
-        """Run `request` on a worker; if it cannot start, the exported inputs are removed at once."""
+        """Run `request` on a worker (or the MedDL server chosen in the Compute setting); if it cannot start, the
+        exported inputs are removed at once."""
+        from .compute import start_engine_job  # compute builds on this module's jobs
+
         try:
-            self.engine = EngineJob(request, device=device)
+            self.engine = start_engine_job(request, device)
         except BaseException:
             self.clean_up()
             raise

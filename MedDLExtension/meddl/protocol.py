@@ -36,6 +36,7 @@ class Request:
     file_inputs: ClassVar[tuple[str, ...]] = ()  # fields naming input files or folders (uploaded to a server)
     file_outputs: ClassVar[tuple[str, ...]] = ()  # fields naming output files or folders (fetched from a server)
     remote: ClassVar[bool] = True  # whether a MedDL server runs this request
+    arg_names: ClassVar[dict[str, str]] = {}  # field -> the command line's name for it, where they differ
 
     def argv(self) -> list[str]:
         raise NotImplementedError

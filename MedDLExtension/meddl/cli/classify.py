@@ -16,7 +16,7 @@ from ..models.formats import model_files
 from ..outputs import OutputSet
 from ..protocol import Request, Result, options
 from .batch import BatchResult, UsageError, add_batch_options, check_batch_usage, run_cohort
-from .options import add_device, add_progress, add_trust, int_in, number_in, voxel_counts
+from .options import add_device, add_progress, add_server, add_trust, int_in, number_in, voxel_counts
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     classify.add_argument("--saliency", default=None, help="folder for Grad-CAM maps (.nii.gz, input grid)")
     classify.add_argument("--class", dest="class_name", default=None, help="saliency class (default: predicted)")
     add_device(classify)
+    add_server(classify)
     add_trust(classify)
     add_progress(classify)
     add_batch_options(classify)

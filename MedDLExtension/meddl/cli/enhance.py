@@ -18,7 +18,7 @@ from ..outputs import OutputSet
 from ..progress import Progress
 from ..protocol import Request, Result, options
 from .batch import BatchResult, UsageError, add_batch_options, check_batch_usage, run_cohort
-from .options import add_device, add_progress, add_trust, int_in, number_in
+from .options import add_device, add_progress, add_server, add_trust, int_in, number_in
 
 METHODS = ("filter", "network")  # denoise: filter (the default) or network; super-resolution: network
 
@@ -37,6 +37,7 @@ class EnhanceRequest(Request):
     result_type = EnhanceResult
     file_inputs = ("input",)
     file_outputs = ("output",)
+    arg_names = {"time_budget_s": "time_budget"}
     input: str
     output: str
     task: str = "denoise"
@@ -89,6 +90,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                         help="denoise with --method network: also write the self-trained network (.pt with its "
                              ".json card) for reuse")
     add_device(parser)
+    add_server(parser)
     parser.add_argument("--no-compress", action="store_true", help="write the output uncompressed")
     add_progress(parser)
     add_batch_options(parser)

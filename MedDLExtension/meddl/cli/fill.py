@@ -13,7 +13,7 @@ from ..errors import InputError
 from ..io import IMAGE_SUFFIXES, read_image, write_image
 from ..outputs import OutputSet
 from ..protocol import Request, Result, options
-from .options import add_device, add_progress, int_in
+from .options import add_device, add_progress, add_server, int_in
 
 STATE_SUFFIX = ".pt"
 
@@ -65,6 +65,7 @@ def add_fill(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int_in(10, 100000), default=None,
                         help="training steps (default: 400, or 120 when starting from --state-in)")
     add_device(parser)
+    add_server(parser)
     parser.add_argument("--no-compress", action="store_true", help="write the label map uncompressed")
     add_progress(parser)
 

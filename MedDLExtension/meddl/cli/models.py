@@ -38,6 +38,7 @@ class InstallRequest(Request):
 
     command = "models"
     result_type = LibraryResult
+    arg_names = {"model_id": "id"}
     model_id: str
     trust_model: bool = False
 
@@ -52,6 +53,7 @@ class ImportRequest(Request):
     command = "models"
     result_type = LibraryResult
     file_inputs = ("path",)
+    arg_names = {"model_id": "id"}
     path: str
     model_id: Optional[str] = None
     form: tuple[tuple[str, str], ...] = ()

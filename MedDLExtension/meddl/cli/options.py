@@ -6,6 +6,7 @@ import argparse
 import re
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+KEY_VARIABLE = "MEDDL_API_KEY"  # where `--server` finds the API key (or --api-key-file)
 
 
 def add_progress(parser: argparse.ArgumentParser) -> None:
@@ -82,3 +83,11 @@ def number_in(low: float, high: float, low_open: bool = False):
         return value
 
     return parse
+
+
+def add_server(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", default=None, metavar="URL",
+                        help="run on a MedDL server (`meddl serve`), e.g. https://gpu-box:8765; the API key comes "
+                             f"from ${KEY_VARIABLE} or --api-key-file")
+    parser.add_argument("--api-key-file", default=None, metavar="FILE",
+                        help="a file holding the server's API key (never put the key itself on a command line)")

@@ -17,7 +17,7 @@ from ..models.formats import model_files
 from ..outputs import OutputSet
 from ..protocol import Request, Result, options
 from ..registration.field_files import write_displacement_field
-from .options import add_device, add_progress, add_trust, int_in, number_in
+from .options import add_device, add_progress, add_server, add_trust, int_in, number_in
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--refine", action="store_true", help="refine the model's deformation by optimisation")
     add_trust(parser)
     add_device(parser)
+    add_server(parser)
     parser.add_argument("--no-compress", action="store_true")
     add_progress(parser)
     train = commands.add_parser("train-registration", help="train a VoxelMorph registration model, unsupervised",

@@ -12,12 +12,14 @@ from ..errors import MeddlError
 from ..progress import JsonLinesProgress
 from ..protocol import Result
 from ..tasks import TASKS
-from . import models
+from . import models, serve
+from .parser import command_defaults
+from .remote import run_remote
 
 
 def runners() -> dict[str, Callable]:
     """Command name -> runner, from every registered task's module and the model library's."""
-    table: dict[str, Callable] = dict(models.RUNNERS)
+    table: dict[str, Callable] = {**models.RUNNERS, **serve.RUNNERS}
     for task in TASKS.values():
         table.update(task.commands_module().RUNNERS)
     return table
@@ -26,7 +28,10 @@ def runners() -> dict[str, Callable]:
 def execute(args: argparse.Namespace, progress) -> Result:
     """Run one parsed command; raises MeddlError for problems the user can fix.
 
-    A requested device is checked first, by every command, so that a wrong one fails before any work."""
+    A requested device is checked first, by every command, so that a wrong one fails before any work; with
+    --server, the server's devices count, and the command runs there."""
+    if getattr(args, "server", None):
+        return run_remote(args, command_defaults(args.command), progress)
     if getattr(args, "device", "auto") not in (None, "auto", "cpu"):
         select_compute(args.device)
     return runners()[args.command](args, progress)

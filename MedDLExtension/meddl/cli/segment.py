@@ -17,7 +17,7 @@ from ..outputs import OutputSet
 from ..protocol import Request, Result, options
 from .batch import BatchResult, SegmentBatchRequest, UsageError, add_batch_options, check_batch_usage, run_cohort
 from .fill import FillRequest, add_fill, run_fill
-from .options import add_device, add_progress, add_trust, int_in, number_in, voxel_counts
+from .options import add_device, add_progress, add_server, add_trust, int_in, number_in, voxel_counts
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ def _add_segment(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default=None, help="catalog id, library id, model file or MONAI bundle folder "
                         "(default: the catalog's default segmentation model)")
     add_device(parser)
+    add_server(parser)
     parser.add_argument("--no-compress", action="store_true",
                         help="write the label map uncompressed (faster; used by Slicer's background worker)")
     parser.add_argument("--more-inputs", nargs="+", default=[], metavar="IMAGE",
@@ -121,6 +122,7 @@ class TrainRequest(Request):
     result_type = TrainResult
     file_inputs = ("images", "labels", "val_images", "val_labels", "init_from")
     file_outputs = ("out",)
+    arg_names = {"time_budget_s": "time_budget"}
     images: tuple[str, ...]
     labels: tuple[str, ...]
     label_names: str
@@ -165,6 +167,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
                        help="auto: when only a few slices are labelled, train slice by slice on those slices")
     train.add_argument("--init-from", default=None, help="fine-tune from this bundle or model")
     add_device(train)
+    add_server(train)
     add_progress(train)
 
 

@@ -89,8 +89,10 @@ def handle(request: Any, protocol: JsonLinesProgress) -> None:
     print(f"{JOB_MARKER}{protocol.job}", file=sys.stderr, flush=True)
     try:
         args = _parse(_argv(request))
-        if args.command == "worker":
-            raise ArgumentError("a worker cannot start another worker")
+        if args.command in ("worker", "serve", "serve-key"):
+            raise ArgumentError(f"a worker runs jobs; it does not start `meddl {args.command}`")
+        if getattr(args, "server", None):
+            raise ArgumentError("a worker runs jobs itself; --server is for the command line and Slicer")
     except MeddlError as error:
         protocol.emit("error", kind=type(error).__name__, message=str(error), exit_code=error.exit_code)
         return

@@ -139,7 +139,6 @@ REQUIRED = {"SegmentRequest": {"input": "in.nii.gz", "output": "out.nii.gz"},
             "InstallRequest": {"model_id": "x"}, "ImportRequest": {"path": "p.pt"},
             "FillRequest": {"image": "i.nii.gz", "painted": "p.nii.gz", "output": "o.nii.gz"},
             "SegmentBatchRequest": {"batch": "cases.csv", "out": "results"}}
-DESTS = {"time_budget_s": "time_budget", "model_id": "id"}  # request field -> the parser's name for it
 
 
 def test_every_request_builds_a_command_the_parser_reads_back_with_the_same_defaults():
@@ -156,8 +155,8 @@ def test_every_request_builds_a_command_the_parser_reads_back_with_the_same_defa
             value = getattr(request, field.name)
             if field.name == "compress":
                 assert parsed["no_compress"] is not value
-            elif DESTS.get(field.name, field.name) in parsed:
-                read = parsed[DESTS.get(field.name, field.name)]
+            elif request_type.arg_names.get(field.name, field.name) in parsed:
+                read = parsed[request_type.arg_names.get(field.name, field.name)]
                 assert (tuple(read) if isinstance(read, list) else read) == value, (request_type.__name__, field.name)
 
 
