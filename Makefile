@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.meddl-installed
 
-.PHONY: demo test lint benchmark benchmark-classification benchmark-training benchmark-enhancement benchmark-registration benchmark-nnunet benchmark-editor-fill benchmark-batch clean
+.PHONY: demo test lint benchmark benchmark-classification benchmark-training benchmark-enhancement benchmark-registration benchmark-nnunet benchmark-editor-fill benchmark-batch benchmark-server clean
 
 $(STAMP): pyproject.toml constraints.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,9 @@ benchmark-editor-fill: $(STAMP)
 
 benchmark-batch: $(STAMP)
 	$(PY) benchmarks/batch.py
+
+benchmark-server: $(STAMP)
+	$(PY) benchmarks/server.py
 
 clean:
 	rm -rf $(VENV) demo-output
