@@ -23,8 +23,8 @@ from typing import Any, Callable
 from ..errors import DeviceError, MeddlError
 from ..progress import Progress, no_progress
 from .cases import Case
-from .runner import BatchOutcome, CaseTask, CohortClock, finished_records, prepare_folder, run_case, task_settings
-from .summary import DONE, FAILED, CaseRecord, write_summary
+from .runner import BatchOutcome, CaseTask, CohortClock, CohortLedger, run_case
+from .summary import FAILED, CaseRecord
 
 INSTALL_HINT = 'running cases on a Ray cluster (--ray) needs the optional package ray: pip install "meddl[cluster]"'
 # A case whose worker dies this many times is recorded as failed; a worker's place where actors die this many
@@ -45,33 +45,21 @@ def run_batch_on_ray(task: CaseTask, cases: list[Case], folder: Path, resume: bo
     (default: one per GPU, else one per `cpus_per_worker` cores)."""
     ray = import_ray()
     report = progress or no_progress
-    folder = Path(folder)
-    task.check(cases)
-    records = finished_records(prepare_folder(folder, resume, source, task.command, task_settings(task)), cases)
-    todo = [case for case in cases if case.id not in records]
-
-    def publish() -> tuple[Path, Path]:
-        return write_summary(folder, task.command, [records[c.id] for c in cases if c.id in records], len(cases),
-                             task_settings(task))
-
-    if todo:
-        clock = CohortClock(len(todo), report)
+    ledger = CohortLedger(task, cases, folder, resume, source)
+    if ledger.todo:
+        clock = CohortClock(len(ledger.todo), report)
 
         def finished(case: Case, record: CaseRecord) -> None:
-            records[case.id] = replace(record, inputs=list(case.inputs))  # as given, not as sent to the workers
-            publish()
-            clock.finished(records[case.id])
+            ledger.record(replace(record, inputs=list(case.inputs)))  # as given, not as sent to the workers
+            clock.finished(ledger.records[case.id])
 
         with ray_connection(ray, address):
-            publish()  # the output folder is made once the cluster answers (a bad address leaves none)
-            count, options = worker_plan(ray, task, workers, cpus_per_worker, len(todo))
-            report(0.0, f"starting {count} Ray worker(s) ({len(records)} of {len(cases)} cases already done)")
+            ledger.publish()  # the output folder is made once the cluster answers (a bad address leaves none)
+            count, options = worker_plan(ray, task, workers, cpus_per_worker, len(ledger.todo))
+            report(0.0, f"starting {count} Ray worker(s) ({len(ledger.records)} of {len(cases)} cases already done)")
             with CaseWorkers(ray, task, count, options) as pool:
-                pool.run(todo, folder.absolute(), finished)
-    summary_json, summary_csv = publish()
-    table = task.finish([records[case.id] for case in cases], folder)
-    report(1.0, f"{sum(r.status == DONE for r in records.values())} of {len(cases)} cases done")
-    return BatchOutcome([records[case.id] for case in cases], summary_json, summary_csv, table)
+                pool.run(ledger.todo, ledger.folder.absolute(), finished)
+    return ledger.outcome(report)
 
 
 def import_ray() -> Any:

@@ -97,32 +97,49 @@ def _only_an_empty_summary(folder: Path, held: set[str]) -> bool:
         return False
 
 
+class CohortLedger:
+    """A run's records, shared by the local and the Ray runner: what an earlier run finished (kept on resume), the
+    cases left, the summary rewritten after each case, and the outcome at the end."""
+
+    def __init__(self, task: CaseTask, cases: list[Case], folder: Path, resume: bool, source: Path | None) -> None:
+        task.check(cases)
+        self.task, self.cases, self.folder = task, cases, Path(folder)
+        self.settings = task_settings(task)
+        self.records = finished_records(prepare_folder(self.folder, resume, source, task.command, self.settings),
+                                        cases)
+        self.todo = [case for case in cases if case.id not in self.records]
+
+    def publish(self) -> tuple[Path, Path]:
+        """Write the summary (the first one creates the output folder)."""
+        done = [self.records[case.id] for case in self.cases if case.id in self.records]
+        return write_summary(self.folder, self.task.command, done, len(self.cases), self.settings)
+
+    def record(self, record: CaseRecord) -> None:
+        self.records[record.case] = record
+        self.publish()
+
+    def outcome(self, report: Progress) -> BatchOutcome:
+        summary_json, summary_csv = self.publish()
+        records = [self.records[case.id] for case in self.cases]
+        table = self.task.finish(records, self.folder)
+        report(1.0, f"{sum(r.status == DONE for r in records)} of {len(self.cases)} cases done")
+        return BatchOutcome(records, summary_json, summary_csv, table)
+
+
 def run_batch(task: CaseTask, cases: list[Case], folder: Path, resume: bool = False,
               progress: Progress | None = None, source: Path | None = None) -> BatchOutcome:
     """Run `task` on every case, writing into `folder`; a failed case is recorded and the run goes on."""
     report = progress or no_progress
-    folder = Path(folder)
-    task.check(cases)
-    records = finished_records(prepare_folder(folder, resume, source, task.command, task_settings(task)), cases)
-    todo = [case for case in cases if case.id not in records]
-
-    def publish() -> tuple[Path, Path]:
-        return write_summary(folder, task.command, [records[c.id] for c in cases if c.id in records], len(cases),
-                             task_settings(task))
-
-    if todo:
-        report(0.0, f"loading the model ({len(records)} of {len(cases)} cases already done)")
+    ledger = CohortLedger(task, cases, folder, resume, source)
+    if ledger.todo:
+        report(0.0, f"loading the model ({len(ledger.records)} of {len(cases)} cases already done)")
         task.load(report)  # a model that cannot load fails the run before the output folder is made
-    publish()
-    clock = CohortClock(len(todo), report)
-    for case, data, error in prefetched(task.read, todo):
-        records[case.id] = run_case(task, case, data, error, folder, clock.case_progress(case))
-        publish()
-        clock.finished(records[case.id])
-    summary_json, summary_csv = publish()
-    table = task.finish([records[case.id] for case in cases], folder)
-    report(1.0, f"{sum(r.status == DONE for r in records.values())} of {len(cases)} cases done")
-    return BatchOutcome([records[case.id] for case in cases], summary_json, summary_csv, table)
+    ledger.publish()
+    clock = CohortClock(len(ledger.todo), report)
+    for case, data, error in prefetched(task.read, ledger.todo):
+        ledger.record(run_case(task, case, data, error, ledger.folder, clock.case_progress(case)))
+        clock.finished(ledger.records[case.id])
+    return ledger.outcome(report)
 
 
 def task_settings(task: CaseTask) -> dict[str, Any]:
