@@ -16,12 +16,15 @@ from meddl.device import DEVICE_CHOICES
 from meddl.models import catalog, store
 from meddl.models.formats import nnunet_results_folder
 from MedDLLib.cohort_job import CohortJob
+from MedDLLib.compute import SETTINGS_KEY, SETTINGS_URL, current_compute, load_compute
 from MedDLLib.dicom_export import INSTANCE_UIDS, export_dicom_seg, source_files_of_volume
 from MedDLLib.jobs import JobState, finish_within
+from MedDLLib.model_library import library_rows
 from MedDLLib.segmentation_job import SegmentationJob
 from MedDLLib.training_job import TrainingJob
 from MedDLSegmentationLib.cohort import dicom_series_cases
 from MedDLSegmentationLib.cohort_panel import CohortPanel
+from MedDLWidgets.compute_panel import load_saved_compute
 from MedDLWidgets.module_widget import MedDLWidgetMixin
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
@@ -58,6 +61,8 @@ class MedDLSegmentation(ScriptedLoadableModule):
             "Built on PyTorch and MONAI. The default brain-extraction model is deepbet (MIT licence)."
         )
         slicer.app.connect("startupCompleted()", registerEditorEffect)
+        # The saved Compute setting (this computer or a MedDL server), for every module, the effect and the console
+        slicer.app.connect("startupCompleted()", load_saved_compute)
 
 
 def registerEditorEffect() -> bool:
@@ -291,6 +296,8 @@ class MedDLSegmentationTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         self.setUp()
+        self.test_compute_panel_server_then_this_computer()
+        self.setUp()
         self.test_panel_brain_extraction()
         self.setUp()
         self.test_panel_cancel_leaves_scene_unchanged()
@@ -325,6 +332,48 @@ class MedDLSegmentationTest(ScriptedLoadableModuleTest):
         brain = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentation.GetNthSegmentID(0), volume)
         self.assertGreater(int(brain.sum()), 100000)
         self.assertTrue((slicer.util.arrayFromVolume(volume) == before).all())
+
+    def test_compute_panel_server_then_this_computer(self):
+        """The Compute panel saves a server in Slicer's settings and every job follows it (the model list is the
+        server's: none, as nothing answers there, and the error in the status line); back to this computer. The
+        user's own setting is restored."""
+        self.delayDisplay("Compute panel: a MedDL server, then this computer")
+        settings = slicer.app.settings()
+        saved = {key: settings.value(key) for key in (SETTINGS_URL, SETTINGS_KEY)}
+        widget = slicer.util.getModuleWidget("MedDLSegmentation")
+        widget.enter()
+        panel = widget.computePanel
+        url, key = "http://127.0.0.1:9", "self-test-key"  # the discard port: nothing answers there
+        try:
+            panel.serverRadioButton.click()
+            panel.urlLineEdit.text = url + "/"
+            panel.keyLineEdit.text = key
+            panel.saveButton.click()
+            self.assertEqual(settings.value(SETTINGS_URL), url, panel.statusLabel.text)
+            self.assertEqual(settings.value(SETTINGS_KEY), key)
+            self.assertEqual((current_compute().server_url, current_compute().api_key), (url, key))
+            self.assertEqual(panel.keyLineEdit.text, "")  # the key is never shown back
+            self.assertEqual(panel.keyLineEdit.placeholderText, "stored")
+            self.assertEqual(widget.ui.modelTable.rowCount, 0)  # no local models in the server's list
+            self.assertIn("cannot reach", widget.ui.statusLabel.text)
+            self.assertNotIn(key, widget.ui.statusLabel.text + panel.statusLabel.text)
+            panel.thisComputerRadioButton.click()
+            panel.saveButton.click()
+            self.assertEqual(settings.value(SETTINGS_URL), "")
+            self.assertEqual(settings.value(SETTINGS_KEY), "")
+            self.assertEqual(current_compute().server_url, "")
+            local = library_rows("segmentation", widget.ui.modelSearchLineEdit.text,
+                                 widget.ui.installedOnlyCheckBox.checked)
+            self.assertEqual(widget.ui.modelTable.rowCount, len(local))  # the local library again
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    settings.remove(name)
+                else:
+                    settings.setValue(name, value)
+            load_compute(settings)
+            widget.enter()
+        self.delayDisplay("Compute panel passed")
 
     def test_panel_brain_extraction(self):
         self.delayDisplay("Brain extraction of MRHead through the panel")

@@ -8,11 +8,13 @@ from typing import Callable
 
 import qt
 import slicer
+from meddl.errors import MeddlError
 from meddl.models import catalog
 from meddl.models.formats import nnunet_results_folder
+from MedDLLib.compute import current_compute, model_rows_for
 from MedDLLib.dependencies import ensure_dependencies
 from MedDLLib.jobs import EngineJob
-from MedDLLib.model_library import CARD_FORM, library_rows, remove_model, start_import, start_install
+from MedDLLib.model_library import CARD_FORM, remove_model, start_import, start_install
 
 COLUMNS = ("Model", "Modality", "Licence", "Size", "Accuracy", "CPU time", "GPU time", "Status")
 ID_ROLE = qt.Qt.UserRole
@@ -34,12 +36,26 @@ def is_nnunet_source(path: Path) -> bool:
         return False
 
 
+def _columns(row, local: bool) -> tuple[str, ...]:
+    """The table's cells for one model row (the status says where the model is)."""
+    cpu = "not measured" if row.cpu_seconds is None else f"{row.cpu_seconds:.1f} s"
+    gpu = "not measured" if row.gpu_seconds is None else f"{row.gpu_seconds:.1f} s"
+    if local:
+        status = "broken" if row.broken else "installed" if row.installed else "available"
+    else:
+        status = "broken" if row.broken else "on the server" if row.installed else "not on the server"
+    return (row.title or row.id, row.modality, row.license, _size(row.size_bytes), row.accuracy, cpu, gpu, status)
+
+
 class ModelLibraryPanel:
     """Drives the library widgets of a module's .ui (see the names below) for one task.
 
     `on_select(model_id)` is called when the user picks a model; `run_job(job, title, on_success)`
     runs an engine job with the module's progress bar and Cancel button.
     """
+
+    rows: list = []  # every model of the task at the place the last refresh listed (for the selection)
+    shownCompute = None  # the Compute setting of the last refresh: entering a module refreshes when it changed
 
     def __init__(self, ui, task: str, on_select: Callable[[str], None],
                  run_job: Callable[[EngineJob, str, Callable[[], None]], None]) -> None:
@@ -59,21 +75,31 @@ class ModelLibraryPanel:
         ui.removeModelButton.clicked.connect(self.onRemove)
 
     def refresh(self, select: str = "") -> None:
-        """Fill the table from the catalog and the model folder, keeping or setting the selection."""
+        """Fill the table with the models of the Compute setting's place (the local catalog and model folder, or
+        the server's library), keeping or setting the selection. A server's list is read-only, and empty (the
+        error in the status line) when the server cannot be reached: no local models, which it would not have."""
+        compute = self.shownCompute = current_compute()
+        local = not compute.server_url
+        for button in (self.ui.importModelFileButton, self.ui.importModelFolderButton):
+            button.enabled = local
+            button.toolTip = "" if local else "A MedDL server's administrator manages its models"
         select = select or self.selectedId()
-        rows = library_rows(self.task, self.ui.modelSearchLineEdit.text, self.ui.installedOnlyCheckBox.checked)
+        try:
+            rows = model_rows_for(self.task, self.ui.modelSearchLineEdit.text, self.ui.installedOnlyCheckBox.checked,
+                                  compute)
+            self.rows = model_rows_for(self.task, compute=compute)
+        except (MeddlError, ValueError) as error:
+            rows, self.rows = [], []
+            self.ui.statusLabel.text = f"The server's models cannot be listed: {error}"
+        where = "" if local else f" (on {compute.server_url})"
         table = self.ui.modelTable
         table.blockSignals(True)
         table.setRowCount(len(rows))
         for index, row in enumerate(rows):
-            cpu = "not measured" if row.cpu_seconds is None else f"{row.cpu_seconds:.1f} s"
-            gpu = "not measured" if row.gpu_seconds is None else f"{row.gpu_seconds:.1f} s"
-            values = (row.title, row.modality, row.license, _size(row.size_bytes), row.accuracy, cpu, gpu,
-                      "broken" if row.broken else "installed" if row.installed else "available")
-            for column, value in enumerate(values):
+            for column, value in enumerate(_columns(row, local)):
                 item = qt.QTableWidgetItem(value)
                 item.setData(ID_ROLE, row.id)
-                item.setToolTip(f"{row.id}\n{row.broken or row.description}")
+                item.setToolTip(f"{row.id}{where}\n{row.broken or row.description}")
                 table.setItem(index, column, item)
             if row.id == select:
                 table.selectRow(index)
@@ -87,7 +113,7 @@ class ModelLibraryPanel:
 
     def _selectedRow(self):
         model_id = self.selectedId()
-        return next((row for row in library_rows(self.task) if row.id == model_id), None)
+        return next((row for row in self.rows if row.id == model_id), None)
 
     def _onSelectionChanged(self) -> None:
         row = self._selectedRow()
@@ -97,7 +123,11 @@ class ModelLibraryPanel:
 
     def _updateButtons(self, row) -> None:
         """Install for an available model, Remove for a removable installed or broken one (`row`: the
-        selection; a broken entry, whose record or card is damaged, can only be removed)."""
+        selection; a broken entry, whose record or card is damaged, can only be removed). A server's models are
+        managed by its administrator."""
+        if self.shownCompute is not None and self.shownCompute.server_url:
+            self.ui.installModelButton.enabled = self.ui.removeModelButton.enabled = False
+            return
         self.ui.installModelButton.enabled = bool(row and not row.installed and not row.broken)
         removable = bool(row and (row.installed or row.broken)) and (
             row.origin != "catalog" or "python_package" not in catalog.get_entry(row.id)["source"])

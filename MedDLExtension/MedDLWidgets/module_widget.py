@@ -1,5 +1,5 @@
 """What every MedDL module widget shares: the parameter-node lifecycle of Slicer's template, the
-model library panel and the job runner, written once."""
+model library panel, the Compute panel and the job runner, written once."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import time
 
 import slicer
 import vtk
+from MedDLLib.compute import current_compute
 from MedDLLib.dependencies import ensure_dependencies
 from MedDLLib.jobs import shut_down_workers
 from MedDLLib.model_library import slicer_models_dir, use_models_dir
 from slicer.i18n import tr as _
 
+from .compute_panel import ComputePanel
 from .job_runner import JobRunner
 from .model_library_panel import ModelLibraryPanel
 
@@ -27,11 +29,16 @@ class MedDLWidgetMixin:
     _parameterNodeGuiTag = None
     runner = None
     library = None
+    computePanel = None
 
     def setupMedDL(self, task: str, withLibrary: bool = True) -> None:
+        """The shared parts; the Compute section (built here, the same in every module) goes above Apply. The saved
+        Compute setting was loaded when Slicer started (compute_panel.load_saved_compute)."""
         use_models_dir(slicer_models_dir(slicer.app.slicerUserSettingsFilePath))
         if withLibrary:
             self.library = ModelLibraryPanel(self.ui, task, self.onModelSelected, self._runLibraryJob)
+        self.computePanel = ComputePanel(self.onComputeChanged)
+        self.computePanel.placeAbove(self.ui.applyButton)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.runner = JobRunner(self.ui.progressBar, self.ui.statusLabel, self.ui.cancelButton,
@@ -68,6 +75,11 @@ class MedDLWidgetMixin:
             raise TimeoutError(f"no result within {timeout:.0f} s")
         return self.ui.statusLabel.text
 
+    def onComputeChanged(self) -> None:
+        """The Compute setting was saved or tested here: the model list follows it."""
+        if self.library:
+            self.library.refresh()
+
     def isRunning(self) -> bool:
         return bool(self.runner and self.runner.running)
 
@@ -83,6 +95,10 @@ class MedDLWidgetMixin:
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        if self.computePanel:  # another module may have changed the shared Compute setting
+            self.computePanel.refresh()
+        if self.library and self.library.shownCompute != current_compute():
+            self.library.refresh()
 
     def exit(self) -> None:
         if self._parameterNode:

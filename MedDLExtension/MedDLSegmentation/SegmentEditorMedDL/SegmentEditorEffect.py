@@ -20,8 +20,10 @@ import qt
 import slicer
 import vtk
 from meddl.device import DEVICE_CHOICES
+from meddl.errors import MeddlError
+from MedDLLib.compute import model_rows_for
 from MedDLLib.dependencies import ensure_dependencies
-from MedDLLib.model_library import library_rows, slicer_models_dir, use_models_dir
+from MedDLLib.model_library import slicer_models_dir, use_models_dir
 from MedDLWidgets.job_runner import JobRunner
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
@@ -204,8 +206,13 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return frame, layout
 
     def refreshModels(self) -> None:
-        """List the installed, usable segmentation models of the library."""
-        rows = [row for row in library_rows("segmentation", installed_only=True) if not row.broken]
+        """List the installed, usable segmentation models where jobs run (this computer's library, or the MedDL
+        server's of the Compute setting; none, with the reason, when the server cannot be reached)."""
+        try:
+            rows = [row for row in model_rows_for("segmentation", installed_only=True) if not row.broken]
+        except (MeddlError, ValueError) as error:
+            rows = []
+            self.statusLabel.text = f"The server's models cannot be listed: {error}"
         wasBlocked = self.modelSelector.blockSignals(True)
         self.modelSelector.clear()
         for row in rows:
