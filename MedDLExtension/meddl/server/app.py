@@ -12,6 +12,7 @@ deliberately has no `from __future__ import annotations`: FastAPI reads the hand
 """
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import importlib
@@ -36,13 +37,14 @@ from ..protocol import Request
 from ..tasks import TASKS
 from .jobs import FINISHED, Job, JobService, TooManyJobs, WorkDir, worker_environment
 from .keys import KeyRing
-from .uploads import REFERENCE_PATTERN, Upload, UploadStore, UploadTooLarge, extract_zip
+from .uploads import REFERENCE_PATTERN, TooManyUploads, Upload, UploadStore, UploadTooLarge, extract_zip
 
 MAX_JOB_BODY = 1 << 20  # a job's JSON
 MAX_TEXT = 4096  # characters in one text field
 MAX_ITEMS = 10000  # items in one list field
 MAX_WAIT_S = 30.0
 MAX_PENDING_UPLOADS = 256  # uploads per key not yet taken by a job
+UPLOAD_IDLE_S = 120.0  # an upload that receives nothing for this long is dropped (408)
 MISSING_EXTRA = 'the MedDL server needs FastAPI and uvicorn: pip install "meddl[server]"'
 
 
@@ -196,6 +198,17 @@ def check_value(name: str, type_text: str, value: Any) -> Any:
     raise RequestRefused(f"field {name!r}: the server cannot take values of type {type_text}")
 
 
+def check_not_option(name: str, value: Any) -> None:
+    """Refuse a text value (or list item) that the worker's command line would read as an option: the worker
+    parses `--folds 0 --model /x --trust-model` as three options, not as folds."""
+    if isinstance(value, str) and value.startswith("-"):
+        raise InputError(f"field {name!r}: {value[:40]!r} starts with '-': the server does not take values that "
+                         "read as command-line options")
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            check_not_option(name, item)
+
+
 def check_output_name(name: str, field: str) -> str:
     """A plain file name for an output: no folders, not `.` or `..`, printable, at most 255 bytes."""
     if (not name or name in (".", "..") or "/" in name or "\\" in name or name != name.strip()
@@ -240,9 +253,12 @@ def plan_job(settings: ServerSettings, registry: dict[str, type[Request]], data:
     if unknown:
         raise RequestRefused(f"{name} has no field {', '.join(map(repr, unknown))[:200]}")
     values = {key: check_value(key, _type_text(fields[key].type), value) for key, value in given.items()}
+    for key, value in values.items():
+        if key not in request_type.file_outputs:  # outputs become paths in the job's folder
+            check_not_option(key, value)
     if "trust_model" in fields:
         values["trust_model"] = False  # trust is given when a model enters the server's library, never by a client
-    if values.get("install_as") and not settings.allow_model_import:
+    if values.get("install_as") is not None and not settings.allow_model_import:
         raise RequestRefused("this server does not add models to its library for its clients (it was started "
                              "without --allow-model-import)")
     upload_ids = []
@@ -293,6 +309,19 @@ def _check_model_upload(path: Path) -> None:
                          f"({', '.join(MODEL_SUFFIXES)}) with its .json card")
 
 
+def server_folders(settings: ServerSettings, work: WorkDir) -> list[tuple[str, str]]:
+    """The server's own folders outside a job's (its work folder, its model library) and what a client sees
+    instead, for messages that name them (a library model's folder in a worker's error)."""
+    with models_folder(settings.models_dir):
+        library = store.models_dir()
+    pairs = []
+    for path, token in ((work.path, "<server work folder>"), (library, "<model library>")):
+        for variant in dict.fromkeys((Path(path).absolute(), Path(path).resolve())):
+            if len(variant.parts) > 1:  # never a bare root
+                pairs.append((str(variant), token))
+    return pairs
+
+
 def build_job(settings: ServerSettings, plan: JobPlan, uploads: list[Upload], work: WorkDir, owner: str) -> Job:
     """The job's folder with its inputs (zips unpacked) and output folders, and its command line."""
     job_id = secrets.token_urlsafe(24)
@@ -336,6 +365,7 @@ def build_job(settings: ServerSettings, plan: JobPlan, uploads: list[Upload], wo
             replacements.append((f"{place}{os.sep}", f"file:{key}/"))
             values[key] = str(place / value) if isinstance(value, str) else tuple(str(place / v) for v in value)
         replacements.append((str(folder), "<job folder>"))
+        replacements += server_folders(settings, work)
         try:
             argv = request_type(**values).argv()
         except (TypeError, ValueError) as error:
@@ -358,24 +388,35 @@ class Server:
     jobs: JobService
     registry: dict[str, type[Request]]
     stopping: threading.Event = dataclasses.field(default_factory=threading.Event)
+    preparing: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # jobs being built
+    _preparing_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     def submit(self, owner: str, data: Any) -> tuple[Job, int]:
-        """Check, prepare and queue a job; the job and its position in the queue when it was queued."""
+        """Check, prepare and queue a job; the job and its position in the queue when it was queued. A job being
+        prepared (its zips unpacked) counts against the key's limit as a queued one does."""
         plan = plan_job(self.settings, self.registry, data)
-        if self.jobs.active_jobs(owner) >= self.settings.max_jobs_per_key:
-            raise TooManyJobs(f"this key already has {self.settings.max_jobs_per_key} jobs queued or running, the "
-                              "server's limit per key: wait for one to finish")
-        claimed = self.uploads.claim(owner, plan.upload_ids)
+        with self._preparing_lock:
+            if self.jobs.active_jobs(owner) + self.preparing[owner] >= self.settings.max_jobs_per_key:
+                raise TooManyJobs(f"this key already has {self.settings.max_jobs_per_key} jobs queued or running, "
+                                  "the server's limit per key: wait for one to finish")
+            self.preparing[owner] += 1
         try:
-            job = build_job(self.settings, plan, claimed, self.work, owner)
+            claimed = self.uploads.claim(owner, plan.upload_ids)
             try:
-                position = self.jobs.submit(job)
+                job = build_job(self.settings, plan, claimed, self.work, owner)
+                try:
+                    position = self.jobs.submit(job)
+                except BaseException:
+                    shutil.rmtree(job.folder, ignore_errors=True)
+                    raise
             except BaseException:
-                shutil.rmtree(job.folder, ignore_errors=True)
+                self.uploads.unclaim(claimed)
                 raise
-        except BaseException:
-            self.uploads.unclaim(claimed)
-            raise
+        finally:
+            with self._preparing_lock:
+                self.preparing[owner] -= 1
+                if self.preparing[owner] <= 0:
+                    del self.preparing[owner]
         self.uploads.consume(claimed)
         return job, position
 
@@ -488,6 +529,8 @@ def create_app(settings: ServerSettings):
     def refused(problem: MeddlError) -> JSONResponse:
         if isinstance(problem, TooManyJobs):
             return JSONResponse(_error_body(problem), status_code=429, headers={"Retry-After": "2"})
+        if isinstance(problem, TooManyUploads):
+            return JSONResponse(_error_body(problem), status_code=429, headers={"Retry-After": "10"})
         if isinstance(problem, UploadTooLarge):
             return JSONResponse(_error_body(problem), status_code=413, headers={"Connection": "close"})
         return JSONResponse(_error_body(problem), status_code=400)
@@ -517,17 +560,23 @@ def create_app(settings: ServerSettings):
             declared = int(length) if length is not None else None
         except ValueError:
             return error(400, "Content-Length is not a number")
-        pending = server.uploads.pending(owner)
-        if pending >= MAX_PENDING_UPLOADS:
-            return JSONResponse({"detail": f"this key has {pending} uploads no job has taken yet, the server's "
-                                 "limit", "kind": "MeddlError", "exit_code": 1}, status_code=429,
-                                headers={"Retry-After": "10"})
         try:
-            partial = server.uploads.open(owner, request.headers.get("x-meddl-suffix", ""), declared)
+            partial = server.uploads.open(owner, request.headers.get("x-meddl-suffix", ""), declared,
+                                          MAX_PENDING_UPLOADS)
         except MeddlError as problem:
             return refused(problem)
         try:
-            async for chunk in request.stream():
+            chunks = request.stream().__aiter__()
+            while True:
+                try:  # a client that stops sending (gone without closing) does not hold its partial file
+                    chunk = await asyncio.wait_for(chunks.__anext__(), UPLOAD_IDLE_S)
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    partial.discard()
+                    return JSONResponse({"detail": f"the upload stalled: nothing arrived for {UPLOAD_IDLE_S:g} s",
+                                         "kind": "InputError", "exit_code": 3}, status_code=408,
+                                        headers={"Connection": "close"})
                 if chunk:
                     partial.write(chunk)
             done = partial.finish()

@@ -45,6 +45,7 @@ FINISHED = ("done", "failed", "cancelled")
 CHUNK = 1 << 20
 REWRITTEN_SUFFIXES = (".csv", ".json", ".txt")  # small text outputs whose paths the server hides and we restore
 MAX_REWRITTEN_BYTES = 16 << 20
+MAX_ANSWER_BYTES = 64 << 20  # an API answer (JSON) larger than this is not the MedDL API
 ERROR_CLASSES = {kind.__name__: kind for kind in (MeddlError, InputError, ModelError, OutputError, DeviceError)}
 
 
@@ -91,6 +92,17 @@ def _map_strings(value: Any, change: Callable[[str], str]) -> Any:
     return value
 
 
+WINDOWS_RESERVED = re.compile(r'[<>:"|?*\x00-\x1f]|[. ]$')  # drive letters, streams, names Windows changes
+
+
+def _plain_name(part: str) -> bool:
+    """Whether `part` is one plain file or folder name here: not empty, `.` or `..`, no separator or NUL (nor,
+    on Windows, a drive, a stream or a name that Windows would shorten)."""
+    if part in ("", ".", "..") or "/" in part or "\\" in part or "\0" in part:
+        return False
+    return not (os.name == "nt" and WINDOWS_RESERVED.search(part))
+
+
 def _is_dicom_file(path: Path) -> bool:
     with contextlib.suppress(OSError), open(path, "rb") as stream:
         stream.seek(128)
@@ -109,18 +121,35 @@ class _Exchange:
     def local_file(self, relative: str) -> Path:
         """Where `<field>/<relative path>` goes: beside the field's local path (F itself for its own name)."""
         parts = relative.split("/")
-        if (len(parts) < 2 or parts[0] not in self.outputs
-                or any(part in ("", ".", "..") or "\\" in part or "\0" in part for part in parts)):
+        if len(parts) < 2 or parts[0] not in self.outputs or not all(map(_plain_name, parts)):
             raise ServerError(f"the server listed the file {relative[:80]!r}, which is not inside an output")
         targets = self.outputs[parts[0]]
         target = next((path for path in targets if path.name == parts[1]), targets[0])
         rest = [self._renamed(part) for part in parts[1:]]
+        if not all(map(_plain_name, rest)):  # an input's local name put in place of its id may not make a path
+            raise ServerError(f"the server listed the file {relative[:80]!r}, which is not inside an output")
         return target.parent.joinpath(*rest)
 
     def _renamed(self, part: str) -> str:
         for upload_id, stem in self.stems.items():
             part = part.replace(upload_id, stem)
         return part
+
+    def check_local(self, text: str) -> str:
+        """Refuse a result naming a local file that is neither an input nor inside an output's folder: a hostile
+        server must not make a front end read (and, say, upload again as a next round's state) another file."""
+        path = Path(text).expanduser()
+        if not text or len(text) > 4096 or not (path.is_absolute() or os.sep in text or "/" in text):
+            return text
+        with contextlib.suppress(OSError, ValueError):
+            if path.exists():
+                resolved = path.resolve()
+                allowed = [target.parent.resolve() for targets in self.outputs.values() for target in targets]
+                inputs = [source.resolve() for source in self.inputs.values()]
+                if resolved not in inputs and not any(resolved.is_relative_to(folder) for folder in allowed):
+                    raise ServerError(f"the server's result names the local file {text[:80]!r}, which is not one "
+                                      "of this job's inputs or outputs")
+        return text
 
     def localize(self, text: str) -> str:
         """A server string with its tokens turned into local paths."""
@@ -154,8 +183,9 @@ class ServerClient:
         if parts.username or parts.password or parts.query or parts.fragment:
             raise InputError("a server address holds no user, password, query or fragment (the API key goes "
                              "in a file or $MEDDL_API_KEY)")
-        if not api_key or any(ch.isspace() for ch in api_key.strip()) or not api_key.strip().isprintable():
-            raise InputError("the API key is empty or not a single word")
+        if (not api_key or any(ch.isspace() for ch in api_key.strip()) or not api_key.strip().isprintable()
+                or not api_key.isascii()):
+            raise InputError("the API key is empty or not a single word (of ASCII characters)")
         self.url = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
         self._https = parts.scheme == "https"
         self._host = parts.hostname
@@ -208,7 +238,7 @@ class ServerClient:
         try:
             connection.request(method, self._base + path, body=body, headers=self._headers(headers))
             response = connection.getresponse()
-            data = response.read()
+            data = self._read_answer(response)
             answer_headers = {key.lower(): value for key, value in response.getheaders()}
         except (OSError, http.client.HTTPException) as error:
             raise self._unavailable(error) from None
@@ -216,14 +246,29 @@ class ServerClient:
             connection.close()
         return response.status, self._json(data, response.status), answer_headers
 
+    def _read_answer(self, response: http.client.HTTPResponse) -> bytes:
+        """An API answer's body, at most MAX_ANSWER_BYTES (a server answering without end is not read whole)."""
+        data = response.read(MAX_ANSWER_BYTES + 1)
+        if len(data) > MAX_ANSWER_BYTES:
+            raise ServerError(f"the server at {self.url} answered more than {MAX_ANSWER_BYTES >> 20} MB, which is "
+                              "not the MedDL API (is it a MedDL server?)")
+        return data
+
     def _json(self, data: bytes, status: int) -> Any:
         try:
-            return json.loads(data) if data else {}
-        except ValueError:
-            if status >= 500:
-                raise self._refusal(status, {}) from None
-            raise ServerError(f"the server at {self.url} answered HTTP {status} with something that is not the "
-                              "MedDL API (is it a MedDL server?)") from None
+            answer = json.loads(data) if data else {}
+        except (ValueError, RecursionError):
+            answer = None
+        if isinstance(answer, dict) or (answer is not None and status >= 400):
+            return answer
+        if status >= 500:
+            raise self._refusal(status, {})
+        raise ServerError(f"the server at {self.url} answered HTTP {status} with something that is not the "
+                          "MedDL API (is it a MedDL server?)")
+
+    def _not_api(self, what: str) -> ServerError:
+        return ServerError(f"the server at {self.url} answered {what}, which is not the MedDL API (is it a MedDL "
+                           "server?)")
 
     def _call(self, method: str, path: str, payload: Any = None, expect: Iterable[int] = (200,),
               timeout: Optional[float] = None) -> Any:
@@ -269,7 +314,10 @@ class ServerClient:
         """The server's model library, as `meddl models list --json` shows it."""
         answer = self._call("GET", "/v1/models")
         self._started = True
-        return list(answer.get("models", []))
+        models = answer.get("models", [])
+        if not isinstance(models, list):
+            raise self._not_api("a model list that is not a list")
+        return models
 
     def upload(self, path: Union[str, Path], suffix: str) -> str:
         """Send one file; its upload id."""
@@ -294,7 +342,7 @@ class ServerClient:
                 sent_error = error
             try:
                 response = connection.getresponse()
-                data = response.read()
+                data = self._read_answer(response)
             except (OSError, http.client.HTTPException) as error:
                 raise self._unavailable(sent_error or error) from None
         except (OSError, http.client.HTTPException) as error:
@@ -304,7 +352,9 @@ class ServerClient:
         answer = self._json(data, response.status)
         if response.status != 201:
             raise self._refusal(response.status, answer)
-        return str(answer["upload"])
+        if not isinstance(answer.get("upload"), str):
+            raise self._not_api("an upload without its id")
+        return answer["upload"]
 
     def delete_upload(self, upload_id: str) -> None:
         with contextlib.suppress(MeddlError):
@@ -334,7 +384,8 @@ class ServerClient:
             uploaded = []  # the job has them now
             state = self._follow(job_id, exchange, progress, is_cancelled, 1.0 if cancelled else 10.0)
             if state == "failed":
-                error = self._call("GET", f"/v1/jobs/{job_id}").get("error") or {}
+                error = self._call("GET", f"/v1/jobs/{job_id}").get("error")
+                error = error if isinstance(error, dict) else {}
                 self._release(job_id)
                 job_id = None
                 raise remote_error(error.get("kind"), exchange.localize(str(error.get("message", "the job failed"))),
@@ -344,10 +395,15 @@ class ServerClient:
                 raise JobCancelled("the server cancelled the job (it was stopped, or the job was cancelled "
                                    "elsewhere); nothing was written")
             answer = self._call("GET", f"/v1/jobs/{job_id}/result")
-            self._download(job_id, answer.get("files", []), exchange, progress, is_cancelled)
+            files, result = answer.get("files", []), answer.get("result", {})
+            if not (isinstance(files, list) and all(isinstance(item, str) for item in files)
+                    and isinstance(result, dict)):
+                raise self._not_api("a result that is not {\"result\": {...}, \"files\": [...]}")
+            self._download(job_id, files, exchange, progress, is_cancelled)
             self._release(job_id)
             job_id = None
-            values = _map_strings(answer.get("result", {}), exchange.localize)
+            values = _map_strings(result, exchange.localize)
+            _map_strings(values, exchange.check_local)
             return request.read_result(values)
         except BaseException as error:
             if job_id is not None and not isinstance(error, ServerUnavailable):
@@ -475,7 +531,9 @@ class ServerClient:
             status, answer, headers = self._exchange("POST", "/v1/jobs", payload,
                                                      {"Content-Type": "application/json"})
             if status == 202:
-                return str(answer["job"])
+                if not isinstance(answer.get("job"), str):
+                    raise self._not_api("a job without its id")
+                return answer["job"]
             if status != 429 or time.monotonic() > deadline:
                 raise self._refusal(status, answer, exchange)
             if not told:
@@ -498,7 +556,11 @@ class ServerClient:
             self._check_cancelled(is_cancelled, job_id)
             answer = self._call("GET", f"/v1/jobs/{urllib.parse.quote(job_id)}/events?after={after}&wait={wait}",
                                 timeout=self.timeout + wait)
-            for event in answer.get("events", []):
+            events, following = answer.get("events", []), answer.get("next", after)
+            if (not isinstance(events, list) or not all(isinstance(event, dict) for event in events)
+                    or not isinstance(following, int) or isinstance(following, bool)):
+                raise self._not_api("events that are not {\"events\": [{...}, ...], \"next\": N}")
+            for event in events:
                 if event.get("event") in ("progress", "queued"):
                     try:
                         fraction = float(event.get("fraction", 0.0))
@@ -509,7 +571,7 @@ class ServerClient:
                         report_metrics(progress, fraction, message, event["metrics"])
                     else:
                         progress(fraction, message)
-            after = int(answer.get("next", after))
+            after = following
             if answer.get("state") in FINISHED:
                 return answer["state"]
 
@@ -558,7 +620,7 @@ class ServerClient:
                 connection.request("GET", self._base + path, headers=self._headers({"Accept": "*/*"}))
                 response = connection.getresponse()
                 if response.status != 200:
-                    raise self._refusal(response.status, self._json(response.read(), response.status))
+                    raise self._refusal(response.status, self._json(self._read_answer(response), response.status))
                 expected = response.getheader("content-length")
                 received = 0
                 while True:
@@ -573,7 +635,7 @@ class ServerClient:
                             from None
             except (OSError, http.client.HTTPException) as error:
                 raise self._unavailable(error) from None
-            if expected is not None and received != int(expected):
+            if expected is not None and (not expected.strip().isdigit() or received != int(expected)):
                 raise ServerUnavailable(f"the MedDL server at {self.url} stopped answering while sending "
                                         f"{relative} ({received} of {expected} bytes)")
         finally:

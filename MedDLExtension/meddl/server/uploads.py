@@ -9,12 +9,14 @@ upload can make the server read one of its own files.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import re
 import secrets
 import shutil
 import stat
+import struct
 import threading
 import time
 import zipfile
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Optional
 
-from ..errors import InputError
+from ..errors import InputError, MeddlError
 from ..io import IMAGE_SUFFIXES
 
 SUFFIXES = (*IMAGE_SUFFIXES, ".zip", ".pt", ".pth", ".json", ".png", ".jpg", ".jpeg", ".dcm", ".csv")
@@ -32,11 +34,16 @@ HEADER_CHECKED = (".nrrd", ".nhdr", ".mha", ".mhd")  # formats whose header may 
 MAX_HEADER_BYTES = 1 << 20
 MAX_ZIP_MEMBERS = 100_000
 MAX_ZIP_DEPTH = 32
+MAX_ZIP_DIRECTORY_BYTES = MAX_ZIP_MEMBERS * 512  # a zip's list of entries, read whole into memory by zipfile
 CHUNK = 1 << 20
 
 
 class UploadTooLarge(InputError):
     """An upload above the server's limit (HTTP 413)."""
+
+
+class TooManyUploads(MeddlError):
+    """A key already holds its limit of uploads no job has taken, those being written included (HTTP 429)."""
 
 
 def suffix_of(name: str) -> str:
@@ -52,34 +59,50 @@ def check_suffix(suffix: str) -> str:
     return suffix
 
 
+NRRD_LINE_BREAK = re.compile(rb"\r\n|\r|\n")  # teem ends a header line at any of these
+META_LOCAL = re.compile(rb"[ \t]*ElementDataFile[ \t]*[=:][ \t]*(?i:LOCAL)[ \t\r]*")
+
+
+def _letters(text: bytes) -> bytes:
+    """`text` reduced to its letters and digits, lowercase: how a field name is compared (spaces, case and
+    punctuation never hide a `data file` or `ElementDataFile` field)."""
+    return re.sub(rb"[^A-Za-z0-9]", b"", text).lower()
+
+
 def check_image_header(path: Path, shown: str = "", name: str = "") -> None:
     """Refuse a NRRD or MetaImage header that takes its data from another file (only data inside the file
-    itself, or no data reference at all, is accepted). `name`: the file's name if `path` has a temporary one."""
+    itself, or no data reference at all, is accepted). `name`: the file's name if `path` has a temporary one.
+
+    The check is stricter than the readers: any line that names the field in any spelling or case, with any
+    line ending the readers know (teem ends NRRD lines at CR too; MetaIO takes ':' for '='), and a header that
+    does not end within MAX_HEADER_BYTES is refused (its data reference could lie beyond what was checked)."""
     name = (name or path.name).lower()
     shown = shown or path.name
     if not name.endswith(HEADER_CHECKED):
         return
     with open(path, "rb") as stream:
-        header = stream.read(MAX_HEADER_BYTES)
+        header = stream.read(MAX_HEADER_BYTES + 1)
+    whole = len(header) <= MAX_HEADER_BYTES
     if name.endswith((".nrrd", ".nhdr")):
-        for raw in header.split(b"\n"):
-            line = raw.strip(b"\r")
+        for line in NRRD_LINE_BREAK.split(header[:MAX_HEADER_BYTES]):
             if not line:
-                break  # the header ends at the first blank line
-            if line.startswith(b"#") or b":=" in line or b":" not in line:
+                return  # the header ends at the first blank line
+            if line.startswith(b"#") or b":" not in line:
                 continue
-            key = line.split(b":", 1)[0].replace(b" ", b"").lower()
-            if key == b"datafile":
+            if _letters(line.split(b":", 1)[0]) == b"datafile":
                 raise InputError(f"{shown}: a NRRD header that names a separate data file is not accepted by the "
                                  "server; send a .nrrd with its data inside (or a .nii.gz)")
+        if not whole:
+            raise InputError(f"{shown}: the NRRD header does not end within its first {MAX_HEADER_BYTES >> 20} MB")
         return
-    for raw in header.split(b"\n"):
-        key, _, value = raw.partition(b"=")
-        if key.strip().lower() == b"elementdatafile":
-            if value.strip().upper() != b"LOCAL":
-                raise InputError(f"{shown}: a MetaImage header that names a separate data file is not accepted by "
-                                 "the server; send a .mha with its data inside (ElementDataFile = LOCAL)")
-            return
+    for line in header[:MAX_HEADER_BYTES].split(b"\n"):  # MetaIO reads lines up to LF
+        if META_LOCAL.fullmatch(line):
+            return  # the data follows the header in this file
+        if any(_letters(part).startswith(b"elementdatafile") for part in line.split(b"\r")):
+            raise InputError(f"{shown}: a MetaImage header that names a separate data file is not accepted by "
+                             "the server; send a .mha with its data inside (ElementDataFile = LOCAL)")
+    if not whole:
+        raise InputError(f"{shown}: the MetaImage header does not end within its first {MAX_HEADER_BYTES >> 20} MB")
 
 
 @dataclass
@@ -102,15 +125,34 @@ class UploadStore:
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
         self._uploads: dict[str, Upload] = {}
+        self._writing: collections.Counter[str] = collections.Counter()  # uploads being written, per key
         self._lock = threading.Lock()
 
-    def open(self, owner: str, suffix: str, declared: Optional[int]) -> PartialUpload:
-        """A new upload being written; `declared` is the Content-Length, when the client sent one."""
+    def open(self, owner: str, suffix: str, declared: Optional[int], limit: Optional[int] = None) -> PartialUpload:
+        """A new upload being written; `declared` is the Content-Length, when the client sent one. `limit`: the
+        most uploads a key may hold that no job has taken, counting those being written (TooManyUploads)."""
         suffix = check_suffix(suffix)
         if declared is not None and declared > self.max_bytes:
             raise UploadTooLarge(self._too_large())
         upload_id = secrets.token_urlsafe(24)
-        return PartialUpload(self, Upload(upload_id, owner, suffix, self.folder / f"{upload_id}{suffix}", 0))
+        with self._lock:
+            held = self._writing[owner] + sum(1 for upload in self._uploads.values() if upload.owner == owner)
+            if limit is not None and held >= limit:
+                raise TooManyUploads(f"this key has {held} uploads no job has taken yet (or being sent), the "
+                                     "server's limit")
+            self._writing[owner] += 1
+        try:
+            return PartialUpload(self, Upload(upload_id, owner, suffix, self.folder / f"{upload_id}{suffix}", 0))
+        except BaseException:
+            self._written(owner)
+            raise
+
+    def _written(self, owner: str) -> None:
+        """An upload of `owner` is no longer being written (it is complete, or it was discarded)."""
+        with self._lock:
+            self._writing[owner] -= 1
+            if self._writing[owner] <= 0:
+                del self._writing[owner]
 
     def _too_large(self) -> str:
         return f"the upload is larger than the server's limit of {self.max_bytes / (1 << 20):g} MB"
@@ -118,6 +160,9 @@ class UploadStore:
     def _add(self, upload: Upload) -> None:
         with self._lock:
             self._uploads[upload.id] = upload
+            self._writing[upload.owner] -= 1  # counted among the held uploads from now on
+            if self._writing[upload.owner] <= 0:
+                del self._writing[upload.owner]
 
     def get(self, owner: str, upload_id: str) -> Optional[Upload]:
         with self._lock:
@@ -176,9 +221,14 @@ class UploadStore:
         return len(old)
 
     def pending(self, owner: str) -> int:
-        """How many uploads of `owner` no job has taken yet."""
+        """How many uploads of `owner` no job has taken yet (complete ones)."""
         with self._lock:
             return sum(1 for upload in self._uploads.values() if upload.owner == owner)
+
+    def writing(self, owner: str) -> int:
+        """How many uploads of `owner` are being written now."""
+        with self._lock:
+            return self._writing[owner]
 
     def count(self) -> int:
         with self._lock:
@@ -195,6 +245,7 @@ class PartialUpload:
         self.partial = store.folder / f".partial-{upload.id}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
         self._descriptor: Optional[int] = os.open(self.partial, flags, 0o600)
+        self._open = True  # counted among the store's uploads being written
 
     def write(self, chunk: bytes) -> None:
         if self.upload.size + len(chunk) > self.store.max_bytes:
@@ -215,6 +266,7 @@ class PartialUpload:
         except BaseException:
             self.discard()
             raise
+        self._open = False
         self.store._add(self.upload)
         return self.upload
 
@@ -225,6 +277,9 @@ class PartialUpload:
             self._descriptor = None
         with contextlib.suppress(FileNotFoundError):
             self.partial.unlink()
+        if self._open:
+            self._open = False
+            self.store._written(self.upload.owner)
 
 
 def _member_parts(info: zipfile.ZipInfo) -> tuple[str, ...]:
@@ -264,7 +319,25 @@ def extract_zip(archive: Path, destination: Path, max_bytes: int) -> Path:
     return destination
 
 
+def _directory(archive: Path) -> tuple[int, int]:
+    """The number of entries and the size of the zip's central directory as its end record gives them (zipfile
+    reads that many bytes and makes an object of each entry before anyone can count them); (0, 0) when it
+    cannot be read here (zipfile then says what is wrong)."""
+    try:
+        with open(archive, "rb") as stream:
+            record = zipfile._EndRecData(stream)  # zipfile has no public reader of the end record
+    except (AttributeError, OSError, ValueError, struct.error):
+        return 0, 0
+    return (0, 0) if record is None else (record[zipfile._ECD_ENTRIES_TOTAL], record[zipfile._ECD_SIZE])
+
+
 def _extract(archive: Path, destination: Path, max_bytes: int) -> None:
+    entries, size = _directory(archive)
+    if entries > MAX_ZIP_MEMBERS:
+        raise InputError(f"the zip holds {entries} entries, more than {MAX_ZIP_MEMBERS}")
+    if size > MAX_ZIP_DIRECTORY_BYTES:
+        raise InputError(f"the zip's list of entries is {size / 1e6:.0f} MB, more than "
+                         f"{MAX_ZIP_DIRECTORY_BYTES / 1e6:.0f} MB (at most {MAX_ZIP_MEMBERS} entries are accepted)")
     try:
         bundle = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError, ValueError) as error:

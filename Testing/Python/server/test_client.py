@@ -4,9 +4,11 @@ many clients at once, a server that stops."""
 from __future__ import annotations
 
 import csv
+import http.server
 import json
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ from meddl.errors import InputError, MeddlError, ModelError
 from meddl.image import Image
 from meddl.io import read_image, write_image
 from meddl.progress import no_progress
+from meddl.server import client as client_module
 from meddl.server import keys
 from meddl.server.client import (
     JobCancelled,
@@ -239,6 +242,122 @@ def test_paths_in_text_outputs_travel_as_tokens_and_come_back_local(tmp_path):
             exchange.local_file(unsafe)
 
 
+class HostileServer:
+    """A fake MedDL server on loopback whose answers a test sets (path prefix -> (status, headers, body)); it
+    records the requests it got."""
+
+    def __init__(self) -> None:
+        self.answers: dict[tuple[str, str], tuple[int, dict, bytes]] = {}
+        self.requests: list[tuple[str, str, dict]] = []
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def answer(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                if length:
+                    self.rfile.read(length)
+                owner.requests.append((self.command, self.path, dict(self.headers)))
+                found = [(prefix, value) for (method, prefix), value in owner.answers.items()
+                         if method == self.command and self.path.startswith(prefix)]
+                status, headers, body = max(found, key=lambda item: len(item[0]))[1] if found else (404, {}, b"{}")
+                self.send_response(status)
+                for key, value in {"Content-Length": str(len(body)), **headers}.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_PUT = do_POST = do_DELETE = answer
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def set(self, method: str, prefix: str, answer: object, status: int = 200, headers: dict | None = None) -> None:
+        body = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
+        self.answers[(method, prefix)] = (status, headers or {}, body)
+
+    def a_job_that_ends(self, result: object, files: object) -> None:
+        """Answers for a whole run whose job is done with this result and these files."""
+        self.set("GET", "/v1/health", {"meddl": "x", "api": 1, "max_upload_bytes": 1 << 20})
+        self.set("PUT", "/v1/uploads", {"upload": "U" * 32, "size": 1}, 201)
+        self.set("POST", "/v1/jobs", {"job": "J" * 32, "state": "queued", "position": 1}, 202)
+        self.set("GET", "/v1/jobs/" + "J" * 32 + "/events", {"events": [], "next": 0, "state": "done"})
+        self.set("GET", "/v1/jobs/" + "J" * 32 + "/result", {"result": result, "files": files})
+        self.set("GET", "/v1/jobs/" + "J" * 32 + "/files/", b"hostile bytes")
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hostile():
+    server = HostileServer()
+    yield server
+    server.close()
+
+
+def test_a_server_never_makes_the_client_write_outside_the_output_folders(hostile, band_image, tmp_path):
+    (tmp_path / "out").mkdir()
+    output = tmp_path / "out" / "labels.nii.gz"
+    for files in (["output/../../evil.txt"], ["output/labels.nii.gz/../../evil.txt"], ["other/evil.txt"],
+                  ["output//evil.txt"], ["output/sub\\..\\..\\evil.txt"], ["output/./evil.txt"], [5],
+                  "output/labels.nii.gz"):
+        hostile.a_job_that_ends({"labels": "file:output/labels.nii.gz"}, files)
+        with pytest.raises(ServerError, match="not inside an output|not the MedDL API"):
+            ServerClient(hostile.url, "key").run(SegmentRequest(str(band_image), str(output), model="bands"))
+        assert sorted(p.name for p in tmp_path.rglob("*")) == ["out"], files
+    # an input's local name standing in for its id may not make a path either (an input folder named `..`)
+    exchange = _Exchange()
+    exchange.outputs["output"] = [output]
+    exchange.stems["U" * 32] = ".."
+    with pytest.raises(ServerError, match="not inside an output"):
+        exchange.local_file("output/" + "U" * 32 + "/evil.txt")
+    assert exchange.local_file("output/" + "U" * 32 + "_x.nii.gz") == output.parent / ".._x.nii.gz"
+
+
+@pytest.mark.parametrize(("status", "answer", "headers"), [
+    (200, [1, 2, 3], None),
+    (200, b"[" * 100000 + b"]" * 100000, None),
+    (200, b"{" + b" " * 5000 + b"}", None),  # larger than the client reads (MAX_ANSWER_BYTES made small below)
+    (200, b"<html>a proxy's page</html>", None),
+    (302, b"", {"Location": "http://127.0.0.1:9/v1/health"}),
+    (301, b"moved", {"Location": "https://example.org/"}),
+])
+def test_answers_that_are_not_the_api_are_clear_errors(hostile, monkeypatch, status, answer, headers):
+    monkeypatch.setattr(client_module, "MAX_ANSWER_BYTES", 4096)
+    hostile.set("GET", "/v1/health", answer, status, headers)
+    key = "the-key-3f9a"
+    with pytest.raises(ServerError) as refused:
+        ServerClient(hostile.url, key).health()
+    assert key not in str(refused.value)
+    assert [(method, path) for method, path, _ in hostile.requests] == [("GET", "/v1/health")]  # no redirect followed
+
+
+@pytest.mark.parametrize("events", [
+    {"events": "progress", "next": 1, "state": "running"}, {"events": ["x"], "next": 1, "state": "done"},
+    {"events": [], "next": "1", "state": "done"}, {"events": [], "next": None, "state": "done"},
+])
+def test_malformed_events_or_results_are_clear_errors(hostile, band_image, tmp_path, events):
+    hostile.a_job_that_ends({"labels": "file:output/labels.nii.gz"}, ["output/labels.nii.gz"])
+    hostile.set("GET", "/v1/jobs/" + "J" * 32 + "/events", events)
+    with pytest.raises(ServerError, match="not the MedDL API"):
+        ServerClient(hostile.url, "key").run(SegmentRequest(str(band_image), str(tmp_path / "o.nii.gz"), model="b"))
+    hostile.a_job_that_ends(["not", "an", "object"], ["output/o.nii.gz"])
+    with pytest.raises(ServerError, match="not the MedDL API"):
+        ServerClient(hostile.url, "key").run(SegmentRequest(str(band_image), str(tmp_path / "o.nii.gz"), model="b"))
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_key_that_http_cannot_carry_is_refused_before_anything_is_sent():
+    with pytest.raises(InputError, match="not a single word"):
+        ServerClient("http://127.0.0.1:9", "schl\u00fcssel")
+
+
 def test_tls_with_the_servers_own_certificate(start_server, alice, band_image, tmp_path):
     if shutil.which("openssl") is None:
         pytest.skip("openssl is needed to make a test certificate")
@@ -254,3 +373,22 @@ def test_tls_with_the_servers_own_certificate(start_server, alice, band_image, t
     with pytest.raises(ServerError, match="not trusted") as untrusted:
         ServerClient(secure.url, alice).models()  # the system's authorities do not know a self-signed certificate
     assert alice not in str(untrusted.value)
+
+
+def test_a_result_naming_another_local_file_is_refused():
+    """A hostile server's result must not point a front end at a local file outside the job's inputs and outputs
+    (Slicer's fill keeps `state` and sends it again as the next round's input)."""
+    from meddl.server.client import ServerError, _Exchange
+
+    exchange = _Exchange()
+    home_file = Path(__file__).resolve()
+    exchange.outputs["output"] = [Path(tempfile.gettempdir()) / "meddl-out" / "labels.nii.gz"]
+    with pytest.raises(ServerError, match="not one of this job's inputs or outputs"):
+        exchange.check_local(str(home_file))
+    assert exchange.check_local("bands") == "bands"
+    inside = Path(tempfile.gettempdir()) / "meddl-out"
+    inside.mkdir(exist_ok=True)
+    (inside / "labels.nii.gz").write_bytes(b"x")
+    assert exchange.check_local(str(inside / "labels.nii.gz")) == str(inside / "labels.nii.gz")
+    exchange.inputs["u" * 20] = home_file
+    assert exchange.check_local(str(home_file)) == str(home_file)

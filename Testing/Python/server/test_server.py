@@ -9,6 +9,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 
@@ -18,9 +19,11 @@ from meddl import __version__
 from meddl.cli import main
 from meddl.cli.serve import _loopback
 from meddl.errors import InputError
+from meddl.server import app as app_module
 from meddl.server import keys
+from meddl.server import uploads as uploads_module
 from meddl.server.jobs import MARKER, WorkDir, WorkDirError
-from meddl.server.uploads import extract_zip
+from meddl.server.uploads import MAX_HEADER_BYTES, check_image_header, extract_zip
 
 ENDPOINTS = [("GET", "/v1/health"), ("GET", "/v1/models"), ("PUT", "/v1/uploads"), ("POST", "/v1/jobs"),
              ("GET", "/v1/jobs/x"), ("GET", "/v1/jobs/x/events"), ("DELETE", "/v1/jobs/x"),
@@ -134,6 +137,14 @@ def test_a_client_that_disconnects_mid_upload_leaves_nothing(server, alice, wait
     (".nrrd", b"NRRD0004\ntype: uchar\ndimension: 1\nsizes: 4\nencoding: raw\ndata file: /etc/passwd\n\n"),
     (".nhdr", b"NRRD0004\ntype: uchar\ndimension: 1\nsizes: 4\nencoding: raw\ndatafile: ../keys.txt\n\n"),
     (".mha", b"ObjectType = Image\nNDims = 1\nDimSize = 4\nElementType = MET_UCHAR\nElementDataFile = /etc/passwd\n"),
+    # what the readers also take: teem ends NRRD lines at CR, MetaIO takes ':' for '=' and stops at its own spelling
+    (".nrrd", b"NRRD0004\rtype: uchar\rdimension: 1\rsizes: 4\rencoding: raw\rdata file: /etc/passwd\r\r"),
+    (".nrrd", b"NRRD0004\ntype: uchar\ndimension: 1\nsizes: 4\nencoding: raw\ndata file: /etc/passwd:=x\n\n"),
+    (".mha", b"ObjectType = Image\nNDims = 1\nDimSize = 4\nElementType = MET_UCHAR\nElementDataFile: /etc/passwd\n"),
+    (".mha", b"ObjectType = Image\nNDims = 1\nDimSize = 4\nElementType = MET_UCHAR\nelementdatafile = LOCAL\n"
+             b"ElementDataFile = /etc/passwd\n"),
+    (".mha", b"ObjectType = Image\nNDims = 1\nElementType = MET_UCHAR\nComment = x\rElementDataFile = LOCAL\n"
+             b"ElementDataFile = /etc/passwd\n"),
 ])
 def test_uploads_of_other_types_or_that_point_at_server_files_are_refused(server, alice, suffix, content):
     before = set(server.state.work.uploads.iterdir())
@@ -141,6 +152,79 @@ def test_uploads_of_other_types_or_that_point_at_server_files_are_refused(server
         answer = client.put("/v1/uploads", content=content, headers={"X-MedDL-Suffix": suffix})
     assert answer.status_code == 400 and answer.json()["kind"] == "InputError"
     assert set(server.state.work.uploads.iterdir()) == before
+
+
+def test_a_header_that_does_not_end_within_what_is_checked_is_refused(tmp_path):
+    """A data file named after a megabyte of comments would be read by the reader, unseen by the check."""
+    padding = b"# padding\n" * ((MAX_HEADER_BYTES // 10) + 1)
+    nrrd, mha = tmp_path / "x.nrrd", tmp_path / "x.mha"
+    nrrd.write_bytes(b"NRRD0004\ntype: uchar\ndimension: 3\nsizes: 2 2 2\n" + padding + b"data file: /etc/passwd\n\n")
+    mha.write_bytes(b"ObjectType = Image\nNDims = 3\n" + padding.replace(b"#", b"Comment =")
+                    + b"ElementDataFile = /etc/passwd\n")
+    for path in (nrrd, mha):
+        with pytest.raises(InputError, match="does not end within"):
+            check_image_header(path)
+    nrrd.write_bytes(b"NRRD0004\ntype: uchar\ndimension: 3\nsizes: 2 2 2\nencoding: raw\n\n" + padding)
+    mha.write_bytes(b"ObjectType = Image\nNDims = 3\nElementDataFile = LOCAL\n" + padding)
+    for path in (nrrd, mha):  # a short header with much data after it
+        check_image_header(path)
+
+
+@pytest.mark.parametrize("fields", [
+    {"folds": ["0", "--trust-model"]}, {"folds": ["0", "--model", "/tmp/x.pt"]}, {"folds": ["--model=/tmp/x.pt"]},
+    {"device": "--trust-model"}, {"device": "-h"},
+])
+def test_values_that_read_as_options_are_refused(server, alice, fields):
+    """The worker parses its command line: a list value such as `folds` must not smuggle options in (a model path,
+    --trust-model)."""
+    with http(server, alice) as client:
+        answer = client.post("/v1/jobs", json=segment_job("upload:" + "A" * 32, **fields))
+    assert answer.status_code == 400 and answer.json()["kind"] == "InputError", answer.text
+    assert "starts with '-'" in answer.json()["detail"]
+
+
+def test_uploads_being_sent_count_against_the_limit_and_stalled_ones_are_dropped(server, alice, monkeypatch,
+                                                                                  wait_for):
+    uploads = server.state.work.uploads
+    before = set(uploads.iterdir())
+    held = server.state.uploads.pending(owner(alice))
+    monkeypatch.setattr(app_module, "MAX_PENDING_UPLOADS", held + 2)
+    monkeypatch.setattr(app_module, "UPLOAD_IDLE_S", 1.0)
+    head = (f"PUT /v1/uploads HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {alice}\r\nX-MedDL-Suffix: .nii.gz\r\n"
+            "Content-Length: 900000\r\n\r\n").encode()
+    connections = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
+    try:
+        for connection in connections:
+            connection.sendall(head + b"\1" * 1000)  # then nothing more: a client gone without closing
+        wait_for(lambda: server.state.uploads.writing(owner(alice)) == 2)
+        with http(server, alice) as client:  # two are being written: a third is refused at once
+            refused = client.put("/v1/uploads", content=b"x", headers={"X-MedDL-Suffix": ".nii.gz"})
+        assert refused.status_code == 429 and refused.headers["retry-after"], refused.text
+        for connection in connections:  # each stalled upload is answered 408 and its partial file removed
+            connection.settimeout(30)
+            assert connection.recv(200).startswith(b"HTTP/1.1 408 ")
+    finally:
+        for connection in connections:
+            connection.close()
+    wait_for(lambda: set(uploads.iterdir()) == before)
+    assert server.state.uploads.writing(owner(alice)) == 0 and server.state.uploads.pending(owner(alice)) == held
+    with http(server, alice) as client:
+        reference = upload(client, b"x")
+        assert client.delete(f"/v1/uploads/{reference}").status_code == 200
+
+
+def test_the_servers_own_folders_are_hidden_from_clients(server, alice, band_image, wait_for):
+    """A worker's message naming the model library or the work folder (a library model's folder) shows neither."""
+    with http(server, alice) as client:
+        job_id = client.post("/v1/jobs", json=segment_job(f"upload:{upload(client, band_image.read_bytes())}")).json()
+        job = server.state.jobs.get(owner(alice), job_id["job"])
+        library = server.settings.models_dir
+        assert job.hide_paths(f"model folder {library / 'bands'} is damaged") == \
+            "model folder <model library>/bands is damaged"
+        assert job.hide_paths(f"{server.state.work.uploads}/x.pt") == "<server work folder>/uploads/x.pt"
+        assert job.hide_paths(f"{job.folder}/out/output/labels.nii.gz") == "file:output/labels.nii.gz"
+        wait_state(client, job.id, ("done", "failed"), wait_for)
+        client.post(f"/v1/jobs/{job.id}/release")
 
 
 @pytest.mark.parametrize("name", ["../x.nii.gz", "/etc/passwd", "..", ".", "a/b.nii.gz", "a\\b.nii.gz",
@@ -182,6 +266,8 @@ def test_inputs_are_only_this_keys_uploads(server, alice, bob, band_image):
     ({"command": "models", "request": "InstallRequest", "fields": {"model_id": "x"}}, "RequestRefused"),
     ({"command": "train", "request": "TrainRequest", "fields": {"images": [], "labels": [], "label_names": "1:A",
                                                                  "install_as": "mine"}}, "RequestRefused"),
+    ({"command": "train", "request": "TrainRequest", "fields": {"images": [], "labels": [], "label_names": "1:A",
+                                                                 "install_as": ""}}, "RequestRefused"),
     ({"command": "segment", "request": "SegmentRequest", "fields": {"input": "upload:x", "output": "o.nii.gz",
                                                                      "shell": "rm -rf /"}}, "RequestRefused"),
     ({"command": "segment", "request": "SegmentRequest", "fields": {"input": 5, "output": "o.nii.gz"}},
@@ -264,6 +350,40 @@ def test_a_key_has_a_limit_of_jobs_and_a_running_job_can_be_cancelled(server, bo
     assert server.state.jobs.active_jobs(owner(bob)) == 0
 
 
+def test_jobs_being_prepared_count_against_the_keys_limit(start_server, alice, band_image, monkeypatch):
+    """Many submissions at once do not all unpack their zips before the limit is looked at again."""
+    server = start_server(max_jobs_per_key=2, workers=1)
+    building, peak, lock = [0], [0], threading.Lock()
+    build_job = app_module.build_job
+
+    def slow_build(*args, **kwargs):
+        with lock:
+            building[0] += 1
+            peak[0] = max(peak[0], building[0])
+        time.sleep(0.5)
+        try:
+            return build_job(*args, **kwargs)
+        finally:
+            with lock:
+                building[0] -= 1
+
+    monkeypatch.setattr(app_module, "build_job", slow_build)
+    with http(server, alice) as client:
+        references = [f"upload:{upload(client, band_image.read_bytes())}" for _ in range(6)]
+    answers = []
+
+    def submit(reference: str) -> None:
+        with http(server, alice) as client:
+            answers.append(client.post("/v1/jobs", json=segment_job(reference)).status_code)
+
+    threads = [threading.Thread(target=submit, args=(reference,)) for reference in references]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert peak[0] <= 2 and answers.count(202) >= 2 and set(answers) <= {202, 429}, (peak, answers)
+
+
 def test_a_hostile_image_fails_as_it_would_locally(server, alice, band_image, wait_for):
     data = band_image.read_bytes()
     with http(server, alice) as client:
@@ -304,6 +424,19 @@ def test_zip_uploads_unpack_only_inside_their_folder(tmp_path, entries, symlink,
         extract_zip(archive, tmp_path / "unpacked", max_bytes=4000)
     assert not (tmp_path / "unpacked").exists()
     assert sorted(os.listdir(tmp_path)) == ["upload.zip"]
+
+
+def test_a_zip_whose_list_of_entries_is_too_large_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """zipfile makes an object of every entry of the central directory at once (1 GB of 47-byte entries: several
+    GB of memory in the server): its size is checked first."""
+    monkeypatch.setattr(uploads_module, "MAX_ZIP_DIRECTORY_BYTES", 10_000)
+    archive = tmp_path / "upload.zip"
+    archive.write_bytes(_zip([(f"{number}.dcm", b"") for number in range(500)]))
+    with pytest.raises(InputError, match="list of entries"):
+        extract_zip(archive, tmp_path / "unpacked", max_bytes=4000)
+    assert sorted(os.listdir(tmp_path)) == ["upload.zip"]
+    archive.write_bytes(_zip([(f"{number}.dcm", b"") for number in range(50)]))
+    assert len(list(extract_zip(archive, tmp_path / "unpacked", max_bytes=4000).iterdir())) == 50
 
 
 def test_a_zip_holding_one_folder_unpacks_to_that_folder(tmp_path):
