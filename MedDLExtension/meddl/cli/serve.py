@@ -17,7 +17,8 @@ from .. import __version__
 from ..errors import MeddlError
 from ..protocol import Result
 from ..server import keys
-from ..server.app import ServerSettings, create_app, default_work_dir, uvicorn_server
+from ..server.app import create_app, uvicorn_server
+from ..server.settings import ServerSettings, default_work_dir
 from .options import int_in, number_in
 
 GRACEFUL_STOP_S = 5  # how long a stopping server lets open requests (a long poll, a download) finish

@@ -1,184 +1,35 @@
-"""The jobs of a MedDL server: its work folder, the queue, and the `meddl worker` processes that run them.
+"""The jobs of a MedDL server: every job's state, the queue they wait in, and their files' end.
 
-`--workers N` worker processes (`python -m meddl worker`, the process Slicer runs in the background, started
-with the server's environment) each run one job at a time and keep their loaded models between jobs. Jobs
-wait in one queue, in arrival order. A job's files live in its own folder, `jobs/<id>/in` (its uploads) and
-`jobs/<id>/out/<field>` (what it writes); the folder goes when the job fails, is cancelled, is released by its
-client, or expires. Cancelling a running job kills its worker's whole process group and starts a fresh one.
-
-Server paths never reach a client: in events, errors and results, a path inside the job folder becomes
-`file:<field>/<relative path>` (an output) or `upload:<id>...` (an input), which the client maps to its own
-paths.
+Jobs wait in one queue, in arrival order, for a worker slot (`worker`). A job's files live in its own folder,
+`jobs/<id>/in` (its uploads) and `jobs/<id>/out/<field>` (what it writes); the folder goes when the job fails,
+is cancelled, is released by its client, or expires.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import json
-import logging
 import os
 import shutil
-import signal
 import stat
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
-
-import meddl
+from typing import Any, Optional
 
 from ..errors import MeddlError
-from ..protocol import JOB_MARKER
-
-log = logging.getLogger("meddl.server")
+from .hiding import hide_paths_in_file, map_strings
+from .workdir import WorkDir
+from .worker import WorkerSlot, worker_environment
 
 ACTIVE = ("queued", "running")
 FINISHED = ("done", "failed", "cancelled")
 MAX_EVENTS = 5000  # the most recent events kept per job (a long training reports often)
-MARKER = ".meddl-server"  # marks (and locks) a work folder as a MedDL server's
 
 
 class TooManyJobs(MeddlError):
     """A key already has its limit of queued and running jobs (HTTP 429)."""
-
-
-class WorkDirError(MeddlError):
-    """The work folder cannot be used."""
-
-    exit_code = 2
-
-
-class WorkDir:
-    """The server's private folder: created 0700 (or checked: a folder of this user, not a link), marked as a
-    MedDL server's, locked against a second server, and emptied of a previous run's leftovers."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._lock_file = None
-        self._prepare()
-
-    def _prepare(self) -> None:
-        path = self.path
-        try:
-            path.mkdir(mode=0o700, parents=True)
-            created = True
-        except FileExistsError:
-            created = False
-        except OSError as error:
-            raise WorkDirError(f"cannot create the work folder {path}: {error.strerror}") from None
-        info = os.lstat(path)
-        if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
-            raise WorkDirError(f"the work folder {path} is a link or not a folder")
-        if hasattr(os, "getuid") and info.st_uid != os.getuid():
-            raise WorkDirError(f"the work folder {path} belongs to another user")
-        marker = path / MARKER
-        if not created and not marker.is_file() and any(path.iterdir()):
-            raise WorkDirError(f"the work folder {path} holds files that are not a MedDL server's: give an empty "
-                               "or new folder (the server deletes what its work folder holds)")
-        os.chmod(path, 0o700)
-        self.path = path = path.resolve()  # the paths the workers report, links in its parents resolved
-        descriptor = os.open(marker, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        self._lock_file = os.fdopen(descriptor, "r+")  # held open, and locked, while the server runs
-        try:
-            import fcntl
-
-            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # Windows: no advisory lock
-            pass
-        except OSError:
-            self._lock_file.close()
-            self._lock_file = None
-            raise WorkDirError(f"another MedDL server uses the work folder {path}: give each server its own "
-                               "--work-dir") from None
-        self.clean()
-        for name in ("uploads", "jobs", "worker"):
-            (path / name).mkdir(mode=0o700)
-
-    def clean(self) -> None:
-        """Remove everything but the marker (what a killed or stopped server left)."""
-        for child in self.path.iterdir():
-            if child.name == MARKER:
-                continue
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    child.unlink()
-
-    @property
-    def uploads(self) -> Path:
-        return self.path / "uploads"
-
-    @property
-    def jobs(self) -> Path:
-        return self.path / "jobs"
-
-    @property
-    def worker_cwd(self) -> Path:
-        """The workers' current folder: empty, so that a model id can never name a file there."""
-        return self.path / "worker"
-
-    def close(self, clean: bool = True) -> None:
-        if clean:
-            self.clean()
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
-
-
-def worker_environment(models_dir: Optional[Path]) -> dict[str, str]:
-    """The server's environment, the engine on PYTHONPATH, and the model library when --models-dir gives one."""
-    environment = os.environ.copy()
-    engine = str(Path(meddl.__file__).resolve().parent.parent)
-    paths = [engine] + [p for p in environment.get("PYTHONPATH", "").split(os.pathsep) if p]
-    environment["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    environment["PYTHONUNBUFFERED"] = "1"
-    if models_dir is not None:
-        environment["MEDDL_MODELS_DIR"] = str(models_dir)
-    return environment
-
-
-def map_strings(value: Any, change: Callable[[str], str]) -> Any:
-    """`value` (JSON data) with `change` applied to every string in it."""
-    if isinstance(value, str):
-        return change(value)
-    if isinstance(value, dict):
-        return {key: map_strings(item, change) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [map_strings(item, change) for item in value]
-    return value
-
-
-TEXT_SUFFIXES = (".csv", ".json", ".txt")  # small text outputs may name the job's files: their paths are hidden
-MAX_TEXT_BYTES = 16 << 20
-
-
-def hide_paths_in_file(path: Path, hide: Callable[[str], str]) -> None:
-    """Replace the server's paths in a small text output (a CSV table of inputs, a JSON report) by the tokens the
-    client maps back; JSON stays valid (its strings are changed, not its text)."""
-    if not path.name.lower().endswith(TEXT_SUFFIXES) or path.stat().st_size > MAX_TEXT_BYTES:
-        return
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return
-    if path.name.lower().endswith(".json"):
-        try:
-            data = json.loads(text)
-        except (ValueError, RecursionError):
-            return
-        changed_data = map_strings(data, hide)
-        changed = text if changed_data == data else json.dumps(changed_data, indent=1)
-    else:
-        changed = hide(text)
-    if changed != text:
-        temporary = path.with_name(f".meddl-rewrite-{path.name}")
-        temporary.write_text(changed, encoding="utf-8", newline="")
-        os.replace(temporary, path)
 
 
 @dataclass
@@ -219,86 +70,6 @@ class Job:
         if self.error is not None:
             status["error"] = self.error
         return status
-
-
-def _kill_tree(process: subprocess.Popen) -> None:
-    """Kill a worker and everything it started (its own process group)."""
-    if process.poll() is not None:
-        return
-    try:
-        if os.name == "nt":
-            try:
-                import psutil
-
-                for child in psutil.Process(process.pid).children(recursive=True):
-                    child.kill()
-            except Exception:  # psutil missing, or the process ended meanwhile
-                pass
-            process.kill()
-        else:
-            os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError, OSError):
-        with contextlib.suppress(OSError):
-            process.kill()
-
-
-class WorkerProcess:
-    """One `python -m meddl worker` and the thread that keeps the tail of what it writes on stderr."""
-
-    def __init__(self, environment: dict[str, str], cwd: Path) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "meddl", "worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, bufsize=1, env=environment, cwd=str(cwd),
-            encoding="utf-8", errors="replace",
-            **({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt"
-               else {"start_new_session": True}))
-        self._tail: collections.deque[str] = collections.deque(maxlen=30)
-        self._lock = threading.Lock()
-        self._reader = threading.Thread(target=self._read_stderr, daemon=True, name="meddl-worker-stderr")
-        self._reader.start()
-
-    def _read_stderr(self) -> None:
-        for line in self.process.stderr:
-            line = line.rstrip()
-            with self._lock:
-                if line.startswith(JOB_MARKER):
-                    self._tail.clear()  # a new job: its lines are its own
-                    continue
-                self._tail.append(line)
-            log.debug("worker %s: %s", self.process.pid, line)
-
-    def tail(self) -> list[str]:
-        self._reader.join(timeout=2)
-        with self._lock:
-            return list(self._tail)
-
-    def submit(self, job: Job) -> None:
-        self.process.stdin.write(json.dumps({"job": job.id, "argv": job.argv}) + "\n")
-        self.process.stdin.flush()
-
-    def events(self):
-        """The worker's protocol events as they come (ends when the process does)."""
-        for line in self.process.stdout:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict) and isinstance(event.get("event"), str):
-                yield event
-
-    def kill(self) -> None:
-        _kill_tree(self.process)
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def close(self) -> None:
-        self.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=10)
-        for stream in (self.process.stdin, self.process.stdout):
-            with contextlib.suppress(OSError, ValueError):
-                stream.close()
 
 
 class JobService:
@@ -513,99 +284,3 @@ class JobService:
             cancelled = job.state == "cancelled"
         if cancelled:
             self._remove_files(job)
-
-
-class WorkerSlot:
-    """One worker process and the thread that feeds it jobs from the queue."""
-
-    def __init__(self, service: JobService, index: int) -> None:
-        self.service = service
-        self.index = index
-        self.job: Optional[Job] = None
-        self.worker: Optional[WorkerProcess] = None
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, daemon=True, name=f"meddl-server-slot-{index}")
-
-    def start(self) -> None:
-        self._fresh_worker()
-        self._thread.start()
-
-    def _fresh_worker(self) -> None:
-        with self._lock:
-            if self.worker is not None:
-                self.worker.close()
-            self.worker = None
-            if not self.service._stopping:
-                self.worker = WorkerProcess(self.service.environment, self.service.work.worker_cwd)
-
-    def interrupt(self) -> None:
-        """Kill the worker (its job was cancelled, or the server stops): the slot sees it end, cleans up and starts
-        a fresh one."""
-        with self._lock:
-            if self.worker is not None:
-                self.worker.kill()
-
-    def stop(self) -> None:
-        self.interrupt()
-        self._thread.join(timeout=15)
-        with self._lock:
-            if self.worker is not None:
-                self.worker.close()
-                self.worker = None
-
-    def _run(self) -> None:
-        service = self.service
-        while True:
-            job = service._next_job(self)
-            if job is None:
-                return
-            try:
-                self._run_job(job)
-            except Exception as error:  # a bug here must not stop the slot: the job fails, the slot goes on
-                log.exception("worker slot %s: job failed unexpectedly", self.index)
-                service._failed(job, "InternalError", f"the server failed to run the job: {error!r}", 1)
-            finally:
-                service._slot_finished(self, job)
-            if not (self.worker and self.worker.alive()):
-                self._fresh_worker()
-
-    def _run_job(self, job: Job) -> None:
-        service = self.service
-        worker = self.worker
-        if worker is None or not worker.alive():
-            self._fresh_worker()
-            worker = self.worker
-        if worker is None or job.state != "running":  # stopping, or cancelled meanwhile
-            return
-        try:
-            worker.submit(job)
-        except (OSError, ValueError):  # it died before the job reached it: one fresh try
-            self._fresh_worker()
-            worker = self.worker
-            if worker is None:
-                return
-            worker.submit(job)
-        for event in worker.events():
-            if event.get("job") != job.id:
-                continue  # "ready", or a stray line
-            kind = event["event"]
-            if kind == "progress":
-                service._progress(job, event)
-            elif kind == "done":
-                service._done(job, event)
-                return
-            elif kind == "error":
-                service._failed(job, event.get("kind", "MeddlError"), event.get("message", "unknown error"),
-                                event.get("exit_code", 1))
-                return
-            if job.state != "running":
-                break  # cancelled
-        # the worker's output ended: it was killed (cancel) or it died
-        worker.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            worker.process.wait(timeout=10)
-        if job.state == "running":
-            tail = "\n".join(worker.tail())[-2000:]
-            service._failed(job, "InternalError", f"the server's worker process ended unexpectedly (exit code "
-                            f"{worker.process.returncode})" + (f":\n{tail}" if tail else ""), 1)
-        self._fresh_worker()

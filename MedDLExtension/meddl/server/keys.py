@@ -3,7 +3,8 @@
 `meddl serve-key NAME --api-key-file F` makes a key (`secrets.token_urlsafe(32)`: 256 random bits), appends
 its hash line to F (created with mode 0600) and prints the key once. The server compares the hash of a
 presented key with every stored hash in constant time (`hmac.compare_digest`, no early exit), and reads the
-file again when it changes, so that removing a line revokes that key without a restart.
+file again when it changes, so that removing a line revokes that key without a restart. `Authenticate` asks
+every HTTP request of the API for one.
 """
 
 from __future__ import annotations
@@ -152,3 +153,36 @@ class KeyRing:
             if hmac.compare_digest(digest, entry.digest) and found is None:
                 found = entry
         return found
+
+
+class Authenticate:
+    """Pure ASGI middleware: every HTTP request needs `Authorization: Bearer <key>` of the keys file; otherwise
+    401, before any route (unknown paths included) is looked at. The key's owner goes into the request state."""
+
+    def __init__(self, app, keys: KeyRing) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":  # no websockets here
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        values = [value for name, value in scope.get("headers", []) if name.lower() == b"authorization"]
+        entry = None
+        if len(values) == 1:
+            scheme, _, token = values[0].decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer":
+                entry = self.keys.match(token.strip())
+        if entry is None:
+            body = b'{"detail":"not authenticated"}'
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                       (b"www-authenticate", b"Bearer")]
+            await send({"type": "http.response.start", "status": 401, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        state = scope.setdefault("state", {})
+        state["owner"], state["key_name"] = entry.owner, entry.name
+        await self.app(scope, receive, send)

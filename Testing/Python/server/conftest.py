@@ -17,7 +17,8 @@ pytest.importorskip("uvicorn")
 from meddl.image import Image  # noqa: E402
 from meddl.io import write_image  # noqa: E402
 from meddl.server import keys  # noqa: E402
-from meddl.server.app import ServerSettings, create_app, models_folder, uvicorn_server  # noqa: E402
+from meddl.server.app import create_app, uvicorn_server  # noqa: E402
+from meddl.server.settings import ServerSettings, models_folder  # noqa: E402
 from meddl_testing import band_volume, write_band_model  # noqa: E402
 
 MODEL_ID = "bands"

@@ -23,19 +23,18 @@ from meddl.errors import InputError, MeddlError, ModelError
 from meddl.image import Image
 from meddl.io import read_image, write_image
 from meddl.progress import no_progress
-from meddl.server import client as client_module
 from meddl.server import keys
+from meddl.server import transport as transport_module
 from meddl.server.client import (
     JobCancelled,
     RemoteError,
     ServerClient,
     ServerError,
     ServerUnavailable,
-    _Exchange,
-    _restore_paths,
     remote_error,
 )
-from meddl.server.jobs import hide_paths_in_file
+from meddl.server.exchange import Exchange, restore_paths
+from meddl.server.hiding import hide_paths_in_file
 from meddl_testing import band_volume, write_dicom_series
 
 
@@ -228,11 +227,11 @@ def test_paths_in_text_outputs_travel_as_tokens_and_come_back_local(tmp_path):
 
     hide_paths_in_file(table, hide)
     assert str(server_folder) not in table.read_text()
-    exchange = _Exchange()
+    exchange = Exchange()
     local_input = tmp_path / "my, scan.nii.gz"
     exchange.inputs["U" * 32] = local_input
     exchange.outputs["saliency"] = [tmp_path / "maps"]
-    _restore_paths(table, "table.csv", exchange)
+    restore_paths(table, "table.csv", exchange)
     rows = list(csv.reader(table.open()))
     assert rows[1] == [str(local_input), "tumour"]
     assert rows[2] == [str(tmp_path / "maps" / "x, y.nii.gz"), "none"]
@@ -312,7 +311,7 @@ def test_a_server_never_makes_the_client_write_outside_the_output_folders(hostil
             ServerClient(hostile.url, "key").run(SegmentRequest(str(band_image), str(output), model="bands"))
         assert sorted(p.name for p in tmp_path.rglob("*")) == ["out"], files
     # an input's local name standing in for its id may not make a path either (an input folder named `..`)
-    exchange = _Exchange()
+    exchange = Exchange()
     exchange.outputs["output"] = [output]
     exchange.stems["U" * 32] = ".."
     with pytest.raises(ServerError, match="not inside an output"):
@@ -329,7 +328,7 @@ def test_a_server_never_makes_the_client_write_outside_the_output_folders(hostil
     (301, b"moved", {"Location": "https://example.org/"}),
 ])
 def test_answers_that_are_not_the_api_are_clear_errors(hostile, monkeypatch, status, answer, headers):
-    monkeypatch.setattr(client_module, "MAX_ANSWER_BYTES", 4096)
+    monkeypatch.setattr(transport_module, "MAX_ANSWER_BYTES", 4096)
     hostile.set("GET", "/v1/health", answer, status, headers)
     key = "the-key-3f9a"
     with pytest.raises(ServerError) as refused:
@@ -378,9 +377,9 @@ def test_tls_with_the_servers_own_certificate(start_server, alice, band_image, t
 def test_a_result_naming_another_local_file_is_refused():
     """A hostile server's result must not point a front end at a local file outside the job's inputs and outputs
     (Slicer's fill keeps `state` and sends it again as the next round's input)."""
-    from meddl.server.client import ServerError, _Exchange
+    from meddl.server.client import ServerError
 
-    exchange = _Exchange()
+    exchange = Exchange()
     home_file = Path(__file__).resolve()
     exchange.outputs["output"] = [Path(tempfile.gettempdir()) / "meddl-out" / "labels.nii.gz"]
     with pytest.raises(ServerError, match="not one of this job's inputs or outputs"):

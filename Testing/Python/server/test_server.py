@@ -22,8 +22,8 @@ from meddl.errors import InputError
 from meddl.server import app as app_module
 from meddl.server import keys
 from meddl.server import uploads as uploads_module
-from meddl.server.jobs import MARKER, WorkDir, WorkDirError
 from meddl.server.uploads import MAX_HEADER_BYTES, check_image_header, extract_zip
+from meddl.server.workdir import MARKER, WorkDir, WorkDirError
 
 ENDPOINTS = [("GET", "/v1/health"), ("GET", "/v1/models"), ("PUT", "/v1/uploads"), ("POST", "/v1/jobs"),
              ("GET", "/v1/jobs/x"), ("GET", "/v1/jobs/x/events"), ("DELETE", "/v1/jobs/x"),
