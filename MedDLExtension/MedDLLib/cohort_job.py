@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import vtk
-from meddl.batch.cases import Case, find_cases, read_series_files, safe_case_ids
+from meddl.batch.cases import Case, find_cases, safe_case_ids
 from meddl.batch.summary import DONE
 from meddl.cli.batch import BatchResult, SegmentBatchRequest
 from meddl.image import Image, check_volume
-from meddl.io import read_image, write_image
+from meddl.io import read_dicom_files, read_image, write_image
 
 from .jobs import FolderJob
 from .segmentations import apply_label_map
@@ -138,7 +138,7 @@ class CohortJob(FolderJob):
         volume = self.volumes_by_case.get(case["case"])
         files = list(series.dicom_files) if series is not None and list(series.inputs) == case["inputs"] else None
         if volume is None:
-            image = read_series_files(files, case["inputs"][0]) if files else read_image(case["inputs"][0])
+            image = read_dicom_files(files, case["inputs"][0]) if files else read_image(case["inputs"][0])
             volume = volume_node_from_image(self.scene, image, case["case"])
         else:
             image = image_from_volume_node(volume)

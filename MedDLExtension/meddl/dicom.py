@@ -9,10 +9,11 @@ import SimpleITK as sitk
 
 from .errors import InputError, first_line
 
-POSITION, ORIENTATION, DESCRIPTION = "0020|0032", "0020|0037", "0008|103e"
+POSITION, ORIENTATION, DESCRIPTION, MODALITY = "0020|0032", "0020|0037", "0008|103e", "0008|0060"
 
 
-def _tags(file: str, keys: tuple[str, ...]) -> dict[str, str]:
+def read_tags(file: str, keys: tuple[str, ...]) -> dict[str, str]:
+    """The DICOM tags `keys` ("gggg|eeee") of one file's header, stripped; missing ones are left out."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(file)
     reader.LoadPrivateTagsOff()
@@ -34,7 +35,7 @@ def check_uniform_slices(files: list[str], folder: Path) -> None:
     """Refuse a series whose slice positions are not evenly spaced (a missing slice, a duplicate, a gap)."""
     if len(files) < 3:
         return
-    tags = [_tags(file, (POSITION, ORIENTATION)) for file in files]
+    tags = [read_tags(file, (POSITION, ORIENTATION)) for file in files]
     positions = [_numbers(tag.get(POSITION, "")) for tag in tags]
     orientation = _numbers(tags[0].get(ORIENTATION, ""))
     if orientation is None or len(orientation) != 6 or any(p is None or len(p) != 3 for p in positions):
@@ -51,7 +52,7 @@ def check_uniform_slices(files: list[str], folder: Path) -> None:
 
 
 def _describe(series: str, files: list[str]) -> str:
-    description = _tags(files[0], (DESCRIPTION,)).get(DESCRIPTION, "no description")
+    description = read_tags(files[0], (DESCRIPTION,)).get(DESCRIPTION, "no description")
     return f"{series} ({description}, {len(files)} files)"
 
 
@@ -74,11 +75,15 @@ def series_files(folder: str | Path) -> list[str]:
 
 def read_dicom_series(folder: Path) -> sitk.Image:
     """The one DICOM series in `folder`, checked for missing slices; several series are named, not guessed."""
-    files = series_files(folder)
-    check_uniform_slices(files, folder)
+    return read_series(series_files(folder), folder)
+
+
+def read_series(files: list[str], source: str | Path) -> sitk.Image:
+    """A DICOM series from its files (in slice order, as GDCM lists them), checked for missing slices."""
+    check_uniform_slices(files, Path(source))
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
         return reader.Execute()
     except RuntimeError as error:
-        raise InputError(f"cannot read the DICOM series in {folder}: {first_line(error)}") from None
+        raise InputError(f"cannot read the DICOM series in {source}: {first_line(error)}") from None

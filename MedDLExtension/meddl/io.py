@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 import SimpleITK as sitk
 
-from .dicom import read_dicom_series
+from .dicom import read_dicom_series, read_series
 from .errors import InputError, OutputError, first_line
 from .image import Image, check_rectilinear
 from .integrity import check_complete
@@ -51,6 +51,11 @@ def read_image(path: str | Path, allow_2d: bool = False) -> Image:
     if allow_2d and image.GetDimension() == 2:
         image = sitk.JoinSeries(image)
     return image_from_sitk(image, str(path))
+
+
+def read_dicom_files(files: list[str], source: str | Path) -> Image:
+    """A DICOM series from its files in slice order (as `meddl.dicom.series_files` lists them)."""
+    return image_from_sitk(read_series(files, source), str(source))
 
 
 def image_from_sitk(image: sitk.Image, source: str = "image") -> Image:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from ..dicom import check_uniform_slices
+from ..dicom import MODALITY, read_tags
 from ..errors import InputError, first_line
 from ..image import Image
-from ..io import IMAGE_SUFFIXES, image_from_sitk, image_suffix, read_image
+from ..io import IMAGE_SUFFIXES, image_suffix, read_dicom_files, read_image
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # 2D images a classifier takes
 ID_COLUMNS = ("case", "id", "case_id")
@@ -43,19 +43,8 @@ class Case:
         if self.problem:
             raise InputError(self.problem)
         if self.dicom_files:
-            return [read_series_files(list(self.dicom_files), self.inputs[0])]
+            return [read_dicom_files(list(self.dicom_files), self.inputs[0])]
         return [read_image(path, allow_2d=allow_2d) for path in self.inputs]
-
-
-def read_series_files(files: list[str], source: str) -> Image:
-    """A DICOM series from its files (already in slice order), checked for missing slices."""
-    check_uniform_slices(files, Path(source))
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    try:
-        return image_from_sitk(reader.Execute(), source)
-    except RuntimeError as error:
-        raise InputError(f"cannot read the DICOM series in {source}: {first_line(error)}") from None
 
 
 def find_cases(source: str | Path, allow_2d: bool = False) -> list[Case]:
@@ -124,13 +113,10 @@ def _quiet_series_ids(folder: str) -> tuple[str, ...]:
 
 
 def _is_segmentation(file: str) -> bool:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(file)
     try:
-        reader.ReadImageInformation()
-    except RuntimeError:
+        return read_tags(file, (MODALITY,)).get(MODALITY) == "SEG"
+    except InputError:  # a file GDCM listed but cannot read is the series reader's to report
         return False
-    return reader.HasMetaDataKey("0008|0060") and reader.GetMetaData("0008|0060").strip() == "SEG"
 
 
 def _csv_cases(table: Path) -> list[Case]:
