@@ -10,7 +10,6 @@ folder a local job writes into, so the scene changes exactly as after a local jo
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import logging
 import threading
 import urllib.parse
@@ -21,6 +20,8 @@ from typing import Any, Optional, Protocol, Union
 from meddl.errors import MeddlError
 from meddl.library.overview import ModelRow
 from meddl.protocol import Request, Result
+from meddl.server.client import ServerClient
+from meddl.server.transport import is_loopback
 
 from .jobs import EngineJob, Job, JobFailed, JobState
 from .model_library import library_rows
@@ -67,18 +68,6 @@ class Settings(Protocol):
     def setValue(self, key: str, value: Any) -> None: ...
 
 
-LOOPBACK_NAMES = ("localhost",)
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_server_url(url: str) -> tuple[str, list[str]]:
     """The server address as it is stored (no trailing slash) and warnings about it; ValueError if it is not one:
     http or https, a host, no user name, password, query or fragment (the API key has its own field)."""
@@ -104,7 +93,7 @@ def check_server_url(url: str) -> tuple[str, list[str]]:
         raise ValueError(f"the server address has an invalid port ({example})") from None
     stored = f"{parts.scheme.lower()}://{parts.netloc}{parts.path.rstrip('/')}"
     found = []
-    if parts.scheme.lower() == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme.lower() == "http" and not is_loopback(parts.hostname):
         found.append(f"{stored}: the API key and the images travel unencrypted to another computer (use https)")
     return stored, found
 
@@ -180,8 +169,6 @@ def server_models(compute: Optional[Compute] = None, refresh: bool = False) -> l
     """The model library of the server (`ServerClient.models()`), asked once per server and key and kept until
     `refresh`; a failure is kept too (raised again as it was), so that a list filled as the user types does not
     wait for an unreachable server each time. Raises MeddlError (the client's message, never the key)."""
-    from meddl.server.client import ServerClient
-
     compute = compute or current_compute()
     if not compute.server_url:
         raise ValueError("the Compute setting is this computer, not a server")
@@ -265,8 +252,6 @@ class RemoteEngineJob(Job):
     """A request run by a MedDL server, with the interface of a local `EngineJob` (poll, cancel, finish)."""
 
     def __init__(self, request: Request, compute: Compute) -> None:
-        from meddl.server.client import ServerClient
-
         self.request, self.compute = request, compute
         self.fraction, self.message, self.state = 0.0, "sending to the server", JobState.RUNNING
         self.result: Result | None = None

@@ -50,18 +50,19 @@ class Task:
         return importlib.import_module(self.commands)
 
     def run_dry(self, loaded: Any) -> None:
-        _resolve(self.dry_run)(loaded)
+        resolve(self.dry_run)(loaded)
 
     def check_card(self, data: dict[str, Any], source: str) -> None:
         if self.card_check:
-            _resolve(self.card_check)(data, source)
+            resolve(self.card_check)(data, source)
 
     def described(self) -> str:
         """'a segmentation model', 'an enhancement model'."""
         return f"{self.article} {self.name} model"
 
 
-def _resolve(reference: str) -> Callable:
+def resolve(reference: str) -> Callable:
+    """The function a "module:function" reference names, imported now."""
     module, function = reference.split(":")
     return getattr(importlib.import_module(module), function)
 

@@ -11,15 +11,15 @@ from ..device import select_compute
 from ..errors import MeddlError
 from ..progress import JsonLinesProgress
 from ..protocol import Result
-from ..tasks import TASKS
+from ..tasks import TASKS, resolve
 from . import models, serve
 from .parser import command_defaults
-from .remote import run_remote
 
 
-def runners() -> dict[str, Callable]:
-    """Command name -> runner, from every registered task's module and the model library's."""
-    table: dict[str, Callable] = {**models.RUNNERS, **serve.RUNNERS}
+def runners() -> dict[str, Callable | str]:
+    """Command name -> runner, from every registered task's module, the model library's and the server's; a runner
+    named "module:function" is imported when its command runs (the server's: no other command loads it)."""
+    table: dict[str, Callable | str] = {**models.RUNNERS, **serve.RUNNERS}
     for task in TASKS.values():
         table.update(task.commands_module().RUNNERS)
     return table
@@ -31,10 +31,11 @@ def execute(args: argparse.Namespace, progress) -> Result:
     A requested device is checked first, by every command, so that a wrong one fails before any work; with
     --server, the server's devices count, and the command runs there."""
     if getattr(args, "server", None):
-        return run_remote(args, command_defaults(args.command), progress)
+        return resolve("meddl.cli.remote:run_remote")(args, command_defaults(args.command), progress)
     if getattr(args, "device", "auto") not in (None, "auto", "cpu"):
         select_compute(args.device)
-    return runners()[args.command](args, progress)
+    runner = runners()[args.command]
+    return (resolve(runner) if isinstance(runner, str) else runner)(args, progress)
 
 
 def run_reported(args: argparse.Namespace, progress, protocol: JsonLinesProgress | None) -> int:

@@ -1,38 +1,16 @@
 """`meddl serve`: an authenticated HTTP server that runs MedDL worker requests for remote clients (docs/SERVER.md);
 `meddl serve-key NAME --api-key-file F`: a new API key for it.
 
-The server needs the `server` extra (FastAPI and uvicorn), imported only when `meddl serve` runs.
+The runners live in meddl.server.commands, named here by module path and imported only when one of these commands
+runs: other commands (and every worker's start) do not load the server, nor FastAPI and uvicorn (the `server`
+extra).
 """
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
-import sys
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Optional
 
-from .. import __version__
-from ..errors import MeddlError
-from ..protocol import Result
-from ..server import keys
-from ..server.app import create_app, uvicorn_server
-from ..server.settings import ServerSettings, default_work_dir
 from .options import int_in, number_in
-
-GRACEFUL_STOP_S = 5  # how long a stopping server lets open requests (a long poll, a download) finish
-
-
-@dataclass(frozen=True)
-class ServeResult(Result):
-    url: str
-
-
-@dataclass(frozen=True)
-class ServeKeyResult(Result):
-    name: str
-    key_file: str
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -68,58 +46,4 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     key.add_argument("--api-key-file", required=True, metavar="FILE", help="the server's keys file (created 0600)")
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def run_serve(args: argparse.Namespace, progress) -> ServeResult:
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise MeddlError("--tls-cert and --tls-key go together")
-    for option, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
-        if path and not Path(path).is_file():
-            raise MeddlError(f"{option} {path}: no such file")
-    if not args.tls_cert and not _loopback(args.host):
-        print(f"meddl serve: warning: listening on {args.host} without TLS: API keys and images cross the network "
-              "unencrypted (give --tls-cert and --tls-key)", file=sys.stderr)
-    settings = ServerSettings(
-        key_file=Path(args.api_key_file),
-        work_dir=Path(args.work_dir).absolute() if args.work_dir else default_work_dir(args.port),
-        models_dir=Path(args.models_dir).absolute() if args.models_dir else None,
-        max_upload_mb=args.max_upload_mb, max_jobs_per_key=args.max_jobs_per_key, workers=args.workers,
-        result_ttl_s=args.result_ttl_s, allow_model_uploads=args.allow_model_uploads,
-        allow_model_import=args.allow_model_import)
-    app = create_app(settings)  # checks the keys and prepares the work folder before anything listens
-    scheme = "https" if args.tls_cert else "http"
-    url = f"{scheme}://{args.host}:{args.port}"
-    extras = settings_summary(settings)
-    print(f"meddl serve {__version__}: {url} (work folder {settings.work_dir}, {args.workers} worker(s)"
-          f"{'; ' + extras if extras else ''})", file=sys.stderr)
-    server = uvicorn_server(app, host=args.host, port=args.port, ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key,
-                            server_header=False, timeout_graceful_shutdown=GRACEFUL_STOP_S,
-                            log_level="info")  # the access log has the request line, never a header
-    server.run()
-    return ServeResult(url)
-
-
-def run_serve_key(args: argparse.Namespace, progress) -> ServeKeyResult:
-    key = keys.add_key(args.name, Path(args.api_key_file))
-    print(key)
-    print(f"meddl serve-key: added the key {args.name!r} to {args.api_key_file} (only its hash is stored; this is "
-          "the only time the key is shown)", file=sys.stderr)
-    return ServeKeyResult(args.name, str(args.api_key_file))
-
-
-def settings_summary(settings: ServerSettings) -> Optional[str]:
-    """What a server allows beyond running its library's models (for its start message)."""
-    extras = [name for name, on in (("model uploads", settings.allow_model_uploads),
-                                    ("model import", settings.allow_model_import)) if on]
-    return f"allows {' and '.join(extras)}" if extras else None
-
-
-RUNNERS = {"serve": run_serve, "serve-key": run_serve_key}
-REQUESTS = ()
+RUNNERS = {"serve": "meddl.server.commands:run_serve", "serve-key": "meddl.server.commands:run_serve_key"}

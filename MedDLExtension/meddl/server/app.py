@@ -9,7 +9,6 @@ FastAPI is imported inside the functions that need it (the `server` extra): the 
 This module deliberately has no `from __future__ import annotations`: FastAPI reads the handlers' annotations.
 """
 
-import asyncio
 import collections
 import contextlib
 import dataclasses
@@ -266,6 +265,8 @@ def _add_upload_routes(app, server: Server) -> None:
 async def _receive(request, partial: PartialUpload) -> bool:
     """Write a request's body into `partial`; False when the client stopped sending (gone without closing) for
     UPLOAD_IDLE_S, so that it does not hold its partial file."""
+    import asyncio  # the server's own: `meddl` commands that import this module never start an event loop
+
     chunks = request.stream().__aiter__()
     while True:
         try:
@@ -312,6 +313,8 @@ def _add_job_routes(app, server: Server) -> None:
             return _not_found()
         if after < 0 or not math.isfinite(wait) or wait < 0:
             return _error(400, "after and wait must be non-negative")
+        import asyncio  # see _receive
+
         deadline = asyncio.get_running_loop().time() + min(wait, MAX_WAIT_S)
         while True:
             found, following, state = server.jobs.events_after(job, after)

@@ -9,6 +9,7 @@ a failure the server reports becomes the error class the local command would rai
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import ssl
 import urllib.parse
@@ -51,6 +52,16 @@ def remote_error(kind: Any, message: str, exit_code: Any) -> MeddlError:
     return error
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this computer (localhost, 127.0.0.0/8, ::1): plain http stays on it."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class Transport:
     """HTTP exchanges with one MedDL server (`ServerClient` adds the API on top).
 
@@ -84,7 +95,7 @@ class Transport:
                 self._context = ssl.create_default_context()
             else:
                 self._context = ssl.create_default_context(cafile=str(verify))
-        elif self._host not in ("localhost", "127.0.0.1", "::1"):  # stacklevel 3: the caller of ServerClient(...)
+        elif not is_loopback(self._host):  # stacklevel 3: the caller of ServerClient(...)
             warnings.warn(f"{self.url}: the API key and the images travel unencrypted (use https)", stacklevel=3)
         self._started = False  # whether the server answered once (its messages say "stopped answering" after)
 

@@ -67,6 +67,12 @@ def library(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def model_id() -> str:
+    """The id of the band model in the server's library."""
+    return MODEL_ID
+
+
+@pytest.fixture(scope="session")
 def band_model_file(library) -> Path:
     return library / "source" / "bands.ts"
 

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-from conftest import MODEL_ID
 from headless_slicer import HeadlessScene
 from meddl.cli import main
 from meddl.io import read_image
@@ -19,11 +18,11 @@ from MedDLLib.segmentations import label_map_from_segmentation
 from MedDLLib.volumes import volume_node_from_image
 
 
-def test_the_command_line_on_a_server_writes_what_it_writes_locally(server, alice, band_image, band_model_file,
-                                                                     tmp_path, monkeypatch):
+def test_the_command_line_on_a_server_writes_what_it_writes_locally(model_id, server, alice, band_image,
+                                                                     band_model_file, tmp_path, monkeypatch):
     monkeypatch.setenv("MEDDL_API_KEY", alice)
     remote, local = tmp_path / "remote.nii.gz", tmp_path / "local.nii.gz"
-    assert main(["segment", str(band_image), str(remote), "--model", MODEL_ID, "--server", server.url,
+    assert main(["segment", str(band_image), str(remote), "--model", model_id, "--server", server.url,
                  "--progress", "none"]) == 0
     assert main(["segment", str(band_image), str(local), "--model", str(band_model_file), "--progress", "none"]) == 0
     np.testing.assert_array_equal(read_image(remote).array, read_image(local).array)
@@ -32,11 +31,11 @@ def test_the_command_line_on_a_server_writes_what_it_writes_locally(server, alic
     assert names == ["Liver", "Spleen", "Kidney"]
 
 
-def test_the_key_comes_from_a_file_or_the_environment_never_the_command_line(server, alice, band_image, tmp_path,
-                                                                             monkeypatch, capsys):
+def test_the_key_comes_from_a_file_or_the_environment_never_the_command_line(model_id, server, alice, band_image,
+                                                                             tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MEDDL_API_KEY", raising=False)
     output = tmp_path / "out.nii.gz"
-    arguments = ["segment", str(band_image), str(output), "--model", MODEL_ID, "--server", server.url,
+    arguments = ["segment", str(band_image), str(output), "--model", model_id, "--server", server.url,
                  "--progress", "none"]
     one_error_line(capsys, main(arguments), 3, "needs an API key")
     key_file = tmp_path / "key.txt"
@@ -49,11 +48,11 @@ def test_the_key_comes_from_a_file_or_the_environment_never_the_command_line(ser
     (["--batch", "IN", "--out", "OUT"], "runs on this computer only"),
     (["IN", "OUT.nii.gz", "--output-format", "nrrd"], "--output-format: not available with --server"),
 ])
-def test_what_a_server_cannot_run_is_refused_before_anything_is_sent(server, alice, band_image, tmp_path,
+def test_what_a_server_cannot_run_is_refused_before_anything_is_sent(model_id, server, alice, band_image, tmp_path,
                                                                      monkeypatch, capsys, arguments, words):
     monkeypatch.setenv("MEDDL_API_KEY", alice)
     arguments = [str(band_image) if a == "IN" else str(tmp_path / a) if a.startswith("OUT") else a for a in arguments]
-    code = main(["segment", *arguments, "--model", MODEL_ID, "--server", server.url, "--progress", "none"])
+    code = main(["segment", *arguments, "--model", model_id, "--server", server.url, "--progress", "none"])
     one_error_line(capsys, code, 2, words)
 
 
@@ -65,7 +64,8 @@ def test_train_options_a_request_cannot_carry_are_refused_not_dropped(server, al
     one_error_line(capsys, code, 2, "--batch-size: not available with --server")
 
 
-def test_slicer_jobs_run_on_the_server_chosen_in_the_compute_setting(server, alice, band_image, band_model_file):
+def test_slicer_jobs_run_on_the_server_chosen_in_the_compute_setting(model_id, server, alice, band_image,
+                                                                      band_model_file):
     headless = HeadlessScene()
     image = read_image(band_image)
     volume = volume_node_from_image(headless.scene, image, "bands")
@@ -75,14 +75,14 @@ def test_slicer_jobs_run_on_the_server_chosen_in_the_compute_setting(server, ali
     compute.use_server(server.url, alice)
     try:
         assert "***" in repr(compute.current_compute()) and alice not in repr(compute.current_compute())
-        job = SegmentationJob(headless.scene, volume, MODEL_ID, "cpu")
+        job = SegmentationJob(headless.scene, volume, model_id, "cpu")
         assert isinstance(job.engine, compute.RemoteEngineJob)
         assert job.wait(120) is JobState.SUCCEEDED, job.engine.error
         node = job.finish()
         np.testing.assert_array_equal(label_map_from_segmentation(node, volume, ["Liver", "Spleen", "Kidney"]),
                                       expected)
         count = headless.scene.GetNumberOfNodes()
-        cancelled = SegmentationJob(headless.scene, volume, MODEL_ID, "cpu")
+        cancelled = SegmentationJob(headless.scene, volume, model_id, "cpu")
         cancelled.cancel()
         assert cancelled.state is JobState.CANCELLED and headless.scene.GetNumberOfNodes() == count
         assert not cancelled.folder.exists()

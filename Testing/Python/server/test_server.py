@@ -17,11 +17,11 @@ import httpx
 import pytest
 from meddl import __version__
 from meddl.cli import main
-from meddl.cli.serve import _loopback
 from meddl.errors import InputError
 from meddl.server import app as app_module
 from meddl.server import keys
 from meddl.server import uploads as uploads_module
+from meddl.server.transport import is_loopback as _loopback
 from meddl.server.uploads import MAX_HEADER_BYTES, check_image_header, extract_zip
 from meddl.server.workdir import MARKER, WorkDir, WorkDirError
 
