@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Protocol, Union
 
 from meddl.errors import MeddlError
-from meddl.library.overview import ModelRow
+from meddl.library.overview import ModelRow, filter_rows
 from meddl.protocol import Request, Result
 from meddl.server.client import ServerClient
 from meddl.server.transport import is_loopback
@@ -221,12 +221,7 @@ def server_model_rows(models: list[dict[str, Any]], task: str, search: str = "",
                       installed_only: bool = False) -> list[ModelRow]:
     """The server's models as rows, filtered as the local library's list is (task, search text, installed)."""
     rows = [_row(item) for item in models if isinstance(item.get("id"), str) and item["id"]]
-    needle = search.lower()
-    return [row for row in rows
-            if (not needle or needle in f"{row.id} {row.title} {row.description} {row.modality} "
-                                        f"{row.body_part}".lower())
-            and (not task or row.task == task)
-            and (not installed_only or row.installed)]
+    return filter_rows(rows, search, task, installed=True if installed_only else None)
 
 
 def model_rows_for(task: str, search: str = "", installed_only: bool = False,

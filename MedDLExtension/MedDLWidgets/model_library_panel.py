@@ -9,6 +9,7 @@ from typing import Callable
 import qt
 import slicer
 from meddl.errors import MeddlError
+from meddl.library.overview import filter_rows
 from meddl.models import catalog
 from meddl.models.formats import nnunet_results_folder
 from MedDLLib.compute import current_compute, model_rows_for
@@ -85,9 +86,9 @@ class ModelLibraryPanel:
             button.toolTip = "" if local else "A MedDL server's administrator manages its models"
         select = select or self.selectedId()
         try:
-            rows = model_rows_for(self.task, self.ui.modelSearchLineEdit.text, self.ui.installedOnlyCheckBox.checked,
-                                  compute)
-            self.rows = model_rows_for(self.task, compute=compute)
+            self.rows = model_rows_for(self.task, compute=compute)  # listed once; the filters apply to this list
+            rows = filter_rows(self.rows, self.ui.modelSearchLineEdit.text,
+                               installed=True if self.ui.installedOnlyCheckBox.checked else None)
         except (MeddlError, ValueError) as error:
             rows, self.rows = [], []
             self.ui.statusLabel.text = f"The server's models cannot be listed: {error}"

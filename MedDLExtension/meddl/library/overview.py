@@ -113,6 +113,13 @@ def model_rows(search: str = "", task: str = "", modality: str = "", body_part: 
     usable, broken = store.library_contents()
     rows += [_imported_row(m) for m in usable if not catalog.has_entry(m.id)]
     rows += [_broken_row(m) for m in broken if not catalog.has_entry(m.id)]
+    return filter_rows(rows, search, task, modality, body_part, installed)
+
+
+def filter_rows(rows: list[ModelRow], search: str = "", task: str = "", modality: str = "", body_part: str = "",
+                installed: Optional[bool] = None) -> list[ModelRow]:
+    """The rows that match: search in id, title, description, modality and body part; the other filters exact
+    (task, installed) or contained (modality, body part)."""
     needle = search.lower()
 
     def text(row: ModelRow) -> str:
