@@ -4,22 +4,18 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
-from ..device import select_compute
 from ..dicom import series_files
 from ..dicom_seg import INSTALL_HINT, write_dicom_seg
 from ..errors import InputError
 from ..io import stack_channels_onto, write_image
-from ..models.catalog import default_model
 from ..outputs import OutputSet
 from ..progress import Progress
-from ..tasks import require_task
 from .cases import Case
 from .summary import DONE, CaseRecord, table_text, write_text_whole
 
@@ -63,20 +59,17 @@ class SegmentCases:
             raise InputError(INSTALL_HINT)
 
     def load(self, progress: Progress) -> None:
-        from ..models.loading import load_model
-        from ..segmentation.segmenters import make_segmenter
+        from ..segmentation.predict import segmenter_for
 
-        self._loaded = load_model(self.model or default_model("segmentation"), trust=self.trust_model,
-                                  folds=self.folds)
-        require_task(self._loaded.card, "segmentation")
-        self._segmenter = make_segmenter(self._loaded, select_compute(self.device), self.fast)
+        self._loaded, self._segmenter = segmenter_for(self.model, self.device, self.trust_model, self.fast,
+                                                      self.folds)
 
     def read(self, case: Case):
         first, *others = case.read()
         return stack_channels_onto(first, others)
 
     def run(self, case: Case, image, folder: Path, progress: Progress) -> tuple[list[Path], dict[str, Any]]:
-        from ..segmentation.predict import labels_path_for
+        from ..segmentation.predict import labels_path_for, write_labels_sidecar
 
         card = self._loaded.card
         labels = self._segmenter(image, progress)
@@ -88,9 +81,7 @@ class SegmentCases:
                 target = outputs.add(folder / f"{case.id}.{self.output_format}")
                 write_image(labels, target, self.compress, outputs)
             sidecar = outputs.add(labels_path_for(folder / f"{case.id}.nii.gz"))
-            table = [{"value": label.value, "name": label.name, "color": list(label.color),
-                      "terminology": label.terminology} for label in card.labels]
-            outputs.staged(sidecar).write_text(json.dumps({"model": card.name, "labels": table}, indent=1))
+            write_labels_sidecar(sidecar, card, outputs)
             outputs.commit()
         return [target, sidecar], label_volumes_ml(labels, card.labels)
 

@@ -16,7 +16,7 @@ from . import models
 from .batch import UsageError
 from .options import KEY_VARIABLE
 
-NOT_ARGUMENTS = {"command", "progress", "server", "api_key_file", "device_checked"}
+NOT_ARGUMENTS = {"command", "progress", "server", "api_key_file"}
 
 
 def request_types() -> list[type[Request]]:

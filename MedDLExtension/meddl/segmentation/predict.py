@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..device import select_compute
 from ..image import Image, blank_image
@@ -38,12 +39,26 @@ def segment(image: Image, model: str | Path | LoadedModel | None = None, device:
     augmentation (nnU-Net's mirroring); `folds` chooses an nnU-Net model's folds (default: all)."""
     report = progress or no_progress
     report(0.0, "loading model")
+    loaded, segmenter = segmenter_for(model, device, trust_model, fast, folds)
+    labels = segmenter(image, scaled(report, 0.05, 1.0))
+    return SegmentationResult(labels, loaded.card)
+
+
+def segmenter_for(model: str | Path | LoadedModel | None = None, device: str = "auto", trust_model: bool = False,
+                  fast: bool = False, folds: tuple[str, ...] | None = None) -> tuple[LoadedModel, Callable]:
+    """The loaded segmentation model (the catalog's default for None) and the pipeline that runs it, built once
+    for any number of images."""
     loaded = model if isinstance(model, LoadedModel) else load_model(model or default_model("segmentation"),
                                                                      trust=trust_model, folds=folds)
     require_task(loaded.card, "segmentation")
-    segmenter = make_segmenter(loaded, select_compute(device), fast)
-    labels = segmenter(image, scaled(report, 0.05, 1.0))
-    return SegmentationResult(labels, loaded.card)
+    return loaded, make_segmenter(loaded, select_compute(device), fast)
+
+
+def write_labels_sidecar(path: Path, card: ModelCard, outputs: OutputSet) -> None:
+    """The `.labels.json` that names a label map's labels (model, then value, name, colour, terminology), staged
+    in `outputs`."""
+    table = [asdict(label) for label in card.labels]
+    outputs.staged(path).write_text(json.dumps({"model": card.name, "labels": table}, indent=1))
 
 
 def labels_path_for(output: Path) -> Path:
@@ -69,8 +84,7 @@ def segment_file(input_path: str | Path, output_path: str | Path, model: str | N
         image = stack_channels_onto(image, [read_image(path) for path in more_inputs])
         result = segment(image, model, device, scaled(report, 0.0, 0.95), trust_model, fast, folds)
         write_image(result.labels, output_path, compress, outputs)
-        outputs.staged(sidecar).write_text(
-            json.dumps({"model": result.card.name, "labels": result.label_table()}, indent=1))
+        write_labels_sidecar(sidecar, result.card, outputs)
         outputs.commit()
     report(1.0, "written")
     return result

@@ -117,11 +117,13 @@ def _train(network, slices: _Slices, warm: bool, settings: FillSettings, device,
 
 
 @torch.no_grad()
-def _probabilities(network, x: torch.Tensor, axes: dict[int, int], classes: int, device) -> torch.Tensor:
-    """Class probabilities (C, *shape) averaged over the slice stacks along `axes` (axis -> weight)."""
+def _probabilities(network, x: torch.Tensor, axes: dict[int, int], classes: int, device,
+                   levels: int) -> torch.Tensor:
+    """Class probabilities (C, *shape) averaged over the slice stacks along `axes` (axis -> weight); slices are
+    padded to a multiple of 2 ** (levels - 1), what the U-Net's strides divide."""
     network.eval()
     total = torch.zeros((classes, *x.shape))
-    multiple = 2 ** 3
+    multiple = 2 ** (levels - 1)
     for axis, weight in axes.items():
         stack = x.movedim(axis, 0)  # (slices, a, b)
         pad = [p for size in reversed(stack.shape[1:]) for p in (0, (-size) % multiple)]
@@ -168,7 +170,8 @@ def fill_from_slices(image: Image, painted: Image, values: Optional[list[int]] =
     box = tuple(slice(int(found[0]), int(found[-1]) + 1) for found in (  # predict only there
         np.flatnonzero(region.any(axis=tuple(b for b in range(3) if b != axis))) for axis in range(3)))
     filled = np.zeros(labels.shape, np.uint8)
-    filled[box] = _probabilities(network, x[box], weights, classes, compute.device).argmax(0).numpy()
+    filled[box] = _probabilities(network, x[box], weights, classes, compute.device,
+                                  len(settings.channels)).argmax(0).numpy()
     filled[~region] = 0
     filled[~np.isin(filled, values)] = 0
     _keep_drawn(filled, labels, drawn)

@@ -194,10 +194,6 @@ class JobService:
             self._remove_files(job)
         return len(old)
 
-    def job_count(self) -> int:
-        with self._condition:
-            return len(self._jobs)
-
     # ---- what the worker slots call
 
     def _next_job(self, slot: WorkerSlot) -> Optional[Job]:

@@ -184,5 +184,5 @@ class Authenticate:
             await send({"type": "http.response.body", "body": body})
             return
         state = scope.setdefault("state", {})
-        state["owner"], state["key_name"] = entry.owner, entry.name
+        state["owner"] = entry.owner
         await self.app(scope, receive, send)

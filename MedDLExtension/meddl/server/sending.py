@@ -12,7 +12,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 from ..models.formats import MODEL_SUFFIXES, card_path_for
 from .uploads import HEADER_CHECKED, SUFFIXES, check_image_header, suffix_of
 
@@ -48,7 +48,7 @@ def _self_contained(path: Path, suffix: str, temporary: list[Path]) -> Path:
     try:
         sitk.WriteImage(sitk.ReadImage(str(path)), name, True)
     except RuntimeError as error:
-        raise InputError(f"cannot read image {path}: {str(error).strip().splitlines()[-1]}") from None
+        raise InputError(f"cannot read image {path}: {first_line(error)}") from None
     return Path(name)
 
 

@@ -28,7 +28,6 @@ from ..errors import InputError, MeddlError
 from ..io import IMAGE_SUFFIXES
 
 SUFFIXES = (*IMAGE_SUFFIXES, ".zip", ".pt", ".pth", ".json", ".png", ".jpg", ".jpeg", ".dcm", ".csv")
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 REFERENCE_PATTERN = re.compile(r"^upload:([A-Za-z0-9_-]{16,64})$")
 HEADER_CHECKED = (".nrrd", ".nhdr", ".mha", ".mhd")  # formats whose header may point at a data file elsewhere
 MAX_HEADER_BYTES = 1 << 20
