@@ -30,7 +30,10 @@ class ServerError(MeddlError):
 
 
 class ServerUnavailable(ServerError):
-    """The server cannot be reached, or stopped answering."""
+    """The server cannot be reached, or stopped answering: the compute asked for is not available (exit 6, as an
+    unavailable device or Ray cluster)."""
+
+    exit_code = 6
 
 
 class RemoteError(MeddlError):

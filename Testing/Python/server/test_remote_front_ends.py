@@ -42,6 +42,9 @@ def test_the_key_comes_from_a_file_or_the_environment_never_the_command_line(mod
     key_file.write_text(alice + "\n")
     assert main([*arguments, "--api-key-file", str(key_file)]) == 0 and output.exists()
     assert alice not in capsys.readouterr().err
+    unreachable = [*arguments[:-4], "--server", "http://127.0.0.1:9", "--progress", "none", "--api-key-file",
+                   str(key_file)]
+    one_error_line(capsys, main(unreachable), 6, "cannot reach the MedDL server at http://127.0.0.1:9")
 
 
 @pytest.mark.parametrize("arguments, words", [
