@@ -11,7 +11,7 @@ import slicer
 from meddl.errors import MeddlError
 from meddl.library.overview import filter_rows
 from meddl.models import catalog
-from meddl.models.formats import nnunet_results_folder
+from meddl.models.formats import TRUST_MEANS, nnunet_results_folder
 from MedDLLib.compute import current_compute, model_rows_for
 from MedDLLib.dependencies import ensure_dependencies
 from MedDLLib.jobs import EngineJob
@@ -139,9 +139,12 @@ class ModelLibraryPanel:
         source = catalog.get_entry(model_id)["source"] if catalog.has_entry(model_id) else {}
         trust = False
         if "monai_zoo" in source:
+            notes = catalog.get_entry(model_id).get("notes", "")
             trust = slicer.util.confirmYesNoDisplay(
-                "This MONAI Model Zoo bundle's configuration contains Python expressions that run when it "
-                "loads. Install it and trust it to run them?")
+                f"{model_id} is a MONAI Model Zoo bundle: it runs through MONAI's own bundle workflow, and its "
+                f"configuration holds Python expressions.\n\n{TRUST_MEANS}\n\nMedDL checks that the download is "
+                "the one the Zoo published (its checksum), not what its code does."
+                + (f"\n\n{notes}" if notes else "") + "\n\nInstall it and trust it?")
             if not trust:
                 return
         self.run_job(start_install(model_id, trust), f"Installing {model_id}", lambda: self.refresh(model_id))

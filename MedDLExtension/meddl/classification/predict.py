@@ -16,7 +16,7 @@ from ..image import Image, blank_image, check_volume
 from ..models.card import ModelCard
 from ..models.loaded import checked_output, network_failures
 from ..models.loading import LoadedModel, load_model
-from ..progress import Progress, no_progress
+from ..progress import Progress, no_progress, scaled
 from ..tasks import require_task
 
 
@@ -76,9 +76,18 @@ def classify(images: Sequence[Image], model: str | Path | LoadedModel, device: s
     report = progress or no_progress
     loaded = classifier_model(model, trust_model)
     compute = select_compute(device)
+    sources = list(sources or [f"image {i + 1}" for i in range(len(images))])
+    if loaded.pipeline.get("type") == "monai-bundle":  # the bundle's own workflow, one image at a time
+        from ..segmentation.bundle_run import bundle_probabilities
+
+        results = []
+        for index, image in enumerate(images):
+            part = scaled(report, index / len(images), (index + 1) / len(images))
+            results.append(Classification(sources[index], bundle_probabilities(loaded, image, compute, part),
+                                          loaded.card))
+        return results
     network = loaded.networks["network"].to(compute.device).eval()
     card, results = loaded.card, []
-    sources = list(sources or [f"image {i + 1}" for i in range(len(images))])
     for start in range(0, len(images), batch_size):
         batch = torch.stack([prepare(image, card) for image in images[start:start + batch_size]])
         with torch.inference_mode(), network_failures(card.name):
@@ -99,6 +108,8 @@ def saliency(image: Image, model: str | Path | LoadedModel, class_name: Optional
 
     loaded = classifier_model(model, trust_model)
     card = loaded.card
+    if loaded.pipeline.get("type") == "monai-bundle":
+        raise ModelError(f"{card.name} runs through its MONAI bundle workflow, which gives no saliency maps")
     if not card.saliency_layer:
         raise ModelError(f"the card of {card.name} names no saliency target layer ('saliency.target_layer')")
     names = [label.name for label in card.labels]

@@ -139,7 +139,10 @@ def run(args: argparse.Namespace, progress) -> LibraryResult:
             raise ModelError(f"no model {args.id!r} in the catalog or the model folder {store.models_dir()}")
         details = rows[0].as_dict()
         if catalog.has_entry(args.id):
-            details["source"] = catalog.get_entry(args.id)["source"]
+            entry = catalog.get_entry(args.id)
+            details["source"] = entry["source"]
+            details["notes"] = entry.get("notes", "")
+            details["run"] = "meddl " + " ".join(catalog.run_command(args.id))
         print(json.dumps(details, indent=1))
         return LibraryResult("info", args.id, details=details)
     if args.action in ("install", "import"):

@@ -12,7 +12,7 @@ from ..errors import MeddlError, ModelError
 from ..progress import Progress, no_progress
 
 CHUNK = 1 << 20
-HASHES = ("sha256", "sha1")
+HASHES = ("sha256", "sha1", "git-blob-sha1")  # git-blob-sha1: git's object id, sha1(b"blob <size>\0" + content)
 
 
 class Cancelled(MeddlError):
@@ -21,8 +21,16 @@ class Cancelled(MeddlError):
     exit_code = 130
 
 
+class ChecksumMismatch(ModelError):
+    """A downloaded file is not the one published; it was deleted."""
+
+
 def file_hash(path: Path, algorithm: str = "sha256") -> str:
-    digest = hashlib.new(algorithm)
+    """The hex digest of a file: sha256, sha1, or git-blob-sha1 (the id git gives the file's content)."""
+    if algorithm == "git-blob-sha1":
+        digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    else:
+        digest = hashlib.new(algorithm)
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(CHUNK), b""):
             digest.update(block)
@@ -85,5 +93,5 @@ def _verify(path: Path, checksum: Optional[dict], url: str) -> None:
     actual = file_hash(path, algorithm)
     if actual != expected:
         path.unlink()
-        raise ModelError(f"checksum mismatch for {url}: expected {algorithm} {expected}, got {actual}; "
+        raise ChecksumMismatch(f"checksum mismatch for {url}: expected {algorithm} {expected}, got {actual}; "
                          "the download was discarded")

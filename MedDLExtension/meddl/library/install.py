@@ -20,9 +20,9 @@ from ..models.loading import load_model
 from ..outputs import atomic_path
 from ..progress import Progress, no_progress, scaled
 from ..tasks import get_task
+from . import hosting
 from .download import download, file_hash
 
-ZOO_URL = "https://github.com/Project-MONAI/model-zoo/releases/download/hosting_storage_v1/{name}_v{version}.zip"
 MAX_UNPACKED_BYTES = 20 * 10**9  # an imported archive's unpacked size; MEDDL_MAX_UNPACKED_BYTES overrides it
 CATALOG_SIZE_MARGIN = 4  # a catalogued archive may unpack to this many times its entry's size_bytes
 MAX_COMPRESSION_RATIO = 200  # per member above RATIO_CHECK_BYTES (model weights compress barely at all)
@@ -67,9 +67,11 @@ def install(model_id: str, progress: Optional[Progress] = None, should_stop: Cal
     if (store.models_dir() / model_id).exists():
         raise ModelError(f"model {model_id!r} is already in the library; `meddl models remove {model_id}` first to "
                          "install it again")
-    url, checksum = _source_url(source), source.get("checksum")
     downloads = store.models_dir() / ".downloads"
     downloads.mkdir(parents=True, exist_ok=True)
+    if "monai_zoo" in source and hosting.hosting_of(source["monai_zoo"]) == "huggingface":
+        return _install_files(model_id, source["monai_zoo"], downloads, report, should_stop, trust)
+    url, checksum = _source_url(source), source.get("checksum")
     if checksum is None:
         report(0.0, "no checksum from the publisher: recording the download's SHA-256")
     archive = download(url, downloads / f"{model_id}.zip", checksum, scaled(report, 0.0, 0.8), should_stop)
@@ -85,6 +87,23 @@ def install(model_id: str, progress: Optional[Progress] = None, should_stop: Cal
     installed = _finish(staging, model_id, model_path, trust,
                         _record(model_id, "catalog", url, model_path, trust, checksum=checksum))
     archive.unlink(missing_ok=True)
+    report(1.0, "installed")
+    return installed
+
+
+def _install_files(model_id: str, zoo: dict, downloads: Path, report: Progress, should_stop: Callable[[], bool],
+                   trust: bool) -> store.InstalledModel:
+    """A bundle fetched file by file (Hugging Face), each file checked against the host's listed checksum; the
+    verified files wait in .downloads/<id>/ (a later attempt resumes there) until the bundle is validated."""
+    fetched = downloads / model_id
+    checksums = hosting.fetch_huggingface(zoo, fetched, scaled(report, 0.0, 0.8), should_stop)
+    staging = store.staging_folder(model_id)
+    fetched.replace(staging / "bundle")
+    report(0.85, "validating")
+    checksum = {"algorithm": "per-file", "source": "the host's file list", "files": checksums}
+    installed = _finish(staging, model_id, "bundle", trust,
+                        _record(model_id, "catalog", hosting.huggingface_source(zoo), "bundle", trust,
+                                checksum=checksum))
     report(1.0, "installed")
     return installed
 
@@ -115,11 +134,7 @@ def first_seen_checksum(model_id: str, url: str, archive: Path) -> dict:
 
 
 def _source_url(source: dict) -> str:
-    if "monai_zoo" in source:
-        zoo = source["monai_zoo"]
-        template = os.environ.get("MEDDL_MODEL_ZOO_URL", ZOO_URL)
-        return template.format(name=zoo["name"], version=zoo["version"])
-    return source["url"]
+    return hosting.zip_url(source["monai_zoo"]) if "monai_zoo" in source else source["url"]
 
 
 def _max_unpacked_bytes() -> int:

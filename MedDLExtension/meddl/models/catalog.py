@@ -84,6 +84,32 @@ def entry_files(model_id: str) -> dict[str, Path]:
     return files
 
 
+# The command that runs a catalogued model of each task: `meddl <command> <inputs> <output> --model ID`.
+RUN_COMMANDS = {"segmentation": ("segment", "IMAGE", "LABELS.nii.gz"), "classification": ("classify", "IMAGE"),
+                "enhancement": ("enhance", "IMAGE", "ENHANCED.nii.gz", "--task", "denoise"),
+                "registration": ("register", "FIXED", "MOVING", "--out-transform", "FIELD.nii.gz")}
+
+
+def input_channels(entry: dict[str, Any]) -> list[str]:
+    """The names of a catalogued model's input channels, in order, where its entry names several."""
+    overrides = entry.get("card_overrides", {}).get("input", {})
+    return list(overrides.get("channel_names", []))
+
+
+def run_command(model_id: str) -> list[str]:
+    """The command line (after `meddl`) that runs a catalogued model, with placeholders for the files: the
+    MedDL path of its task. A multi-channel model takes its further channels, in order, with --more-inputs."""
+    entry = get_entry(model_id)
+    if entry["task"] not in RUN_COMMANDS:
+        raise ModelError(f"catalog entry {model_id!r}: no MedDL command runs task {entry['task']!r}")
+    command, *files = RUN_COMMANDS[entry["task"]]
+    channels = input_channels(entry)
+    if channels:
+        files[0] = channels[0].upper()
+    more = ["--more-inputs", *(name.upper() for name in channels[1:])] if len(channels) > 1 else []
+    return [command, *files, "--model", model_id, *more]
+
+
 def is_installed(model_id: str) -> bool:
     """Ready to run: its package is installed, or it was installed from the catalog into the user's model
     folder (a folder of that name that is broken, or holds something else, does not count)."""

@@ -10,6 +10,10 @@ from ..errors import ModelError
 
 MEDDL_CARD = "configs/meddl_card.json"  # MedDL's card inside a MONAI bundle, beside metadata.json
 MODEL_SUFFIXES = (".ts", ".pt", ".pth")  # a TorchScript file or a checkpoint, with its card beside it
+# What trusting a bundle means: said wherever MedDL asks for the trust (the error, the install dialog, docs).
+TRUST_MEANS = ("Trusting a bundle lets MONAI run it as its authors wrote it: every '$' expression of its configs is "
+               "evaluated as Python, every '_target_' it names is imported and called, and the code in its scripts/ "
+               "folder is imported, all with your user's rights (your files, your network).")
 NNUNET_CONFIGURATIONS = ("3d_fullres", "3d_cascade_fullres", "2d", "3d_lowres")  # those MedDL runs, preferred first
 
 

@@ -167,7 +167,7 @@ def _load_path(path: Path, trust: bool, card: str | Path | None, folds: Optional
     if path.is_dir():
         if not is_bundle(path):
             raise ModelError(f"folder {path} is not a MONAI bundle (no configs/metadata.json)")
-        return load_bundle(path, trust)
+        return load_bundle(path, trust, overrides)
     model_card = read_card(card or card_path_for(path))
     if is_torchscript(path):
         network = load_torchscript(path)

@@ -195,6 +195,10 @@ def make_segmenter(model: LoadedModel, compute: Compute, fast: bool = False) -> 
         from .nnunet import NnunetSegmenter
 
         return NnunetSegmenter(model, compute, mirroring=not fast)
+    if kind == "monai-bundle":
+        from .bundle_run import BundleSegmenter
+
+        return BundleSegmenter(model, compute)
     if kind not in PIPELINES:
         raise ModelError(f"unknown pipeline type {kind!r} for model {model.card.name}")
     return PIPELINES[kind](model, compute)

@@ -241,8 +241,12 @@ def test_remove_frees_the_space(tmp_path):
 
 def test_overview_filters():
     assert {row.id for row in model_rows(task="segmentation")} >= {"deepbet-brain-extraction"}
-    assert [row.id for row in model_rows(search="spleen")] == ["monai-zoo-spleen-ct-segmentation"]
-    assert [row.id for row in model_rows(modality="MR")] == ["deepbet-brain-extraction", "hd-bet-2-brain-extraction"]
+    assert [row.id for row in model_rows(search="spleen organ")] == ["monai-zoo-spleen-deepedit-annotation"]
+    assert {"monai-zoo-spleen-ct-segmentation", "monai-zoo-spleen-deepedit-annotation"} <= \
+        {row.id for row in model_rows(search="spleen")}
+    assert [row.id for row in model_rows(modality="MR", body_part="brain")] == [
+        "monai-zoo-brats-mri-segmentation",
+        "monai-zoo-wholebrainseg-large-unest-segmentation", "hd-bet-2-brain-extraction"]
     assert "monai-zoo-spleen-ct-segmentation" not in {row.id for row in model_rows(installed=True)}
     deepbet = next(row for row in model_rows() if row.id == "deepbet-brain-extraction")
     assert deepbet.installed and deepbet.size_bytes > 10_000_000 and "Dice 0.939" in deepbet.accuracy
