@@ -43,6 +43,7 @@ benchmark-enhancement: $(STAMP)
 	$(PY) benchmarks/enhancement.py
 
 benchmark-registration: $(STAMP)
+	$(PIP) install --no-deps -r requirements-benchmark.txt
 	$(PY) benchmarks/registration.py
 
 benchmark-nnunet: $(STAMP)

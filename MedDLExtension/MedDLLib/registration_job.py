@@ -39,7 +39,7 @@ class RegistrationJob(FolderJob):
 
     def __init__(self, scene, fixed_volume, moving_volume, moving_segmentation=None, method: str = "deformable",
                  similarity: str = "lncc", device: str = "auto", iterations: Optional[int] = None,
-                 model: Optional[str] = None) -> None:
+                 model: Optional[str] = None, time_budget_s: Optional[float] = None) -> None:
         self.scene, self.fixed_volume, self.moving_volume = scene, fixed_volume, moving_volume
         self.moving_segmentation, self.segments = moving_segmentation, []
         images = [(image_from_volume_node(node), node) for node in (fixed_volume, moving_volume)]
@@ -56,8 +56,9 @@ class RegistrationJob(FolderJob):
         request = RegisterRequest(fixed_path, moving_path, str(self.folder / "field.nrrd"),
                                   str(self.folder / "warped.nrrd"), labels,
                                   str(self.folder / "warped-labels.nrrd") if labels else None,
-                                  str(self.folder / "report.json"), method, similarity, iterations or None,
-                                  str(model) if model else None, device, compress=False)
+                                  str(self.folder / "report.json"), method=method, similarity=similarity,
+                                  iterations=iterations or None, time_budget=time_budget_s or None,
+                                  model=str(model) if model else None, device=device, compress=False)
         self._start(request, device)
 
     def _export_segmentation(self, moving_image) -> str:

@@ -21,6 +21,8 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+FAST_BUDGET_S = 60.0  # the panel's "Fast": seconds of optimisation, shared among the pyramid levels
+
 
 class MedDLRegistration(ScriptedLoadableModule):
     """Module description shown in Slicer's module list."""
@@ -51,6 +53,7 @@ class MedDLRegistrationParameterNode:
     method: Annotated[str, Choice(["deformable", "affine"])] = "deformable"
     similarity: Annotated[str, Choice(["lncc", "mi"])] = "lncc"
     iterations: int = 0
+    fast: bool = False  # a time budget of FAST_BUDGET_S seconds, shared among the pyramid levels
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
     model: str = ""  # a learned registration model from the library; empty: optimise on this pair
 
@@ -88,7 +91,7 @@ class MedDLRegistrationWidget(MedDLWidgetMixin, ScriptedLoadableModuleWidget, VT
         model = self.ui.modelPathLineEdit.currentPath or p.model or None
         try:
             job = self.logic.start(p.fixedVolume, p.movingVolume, p.movingSegmentation, p.method, p.similarity,
-                                   p.device, p.iterations or None, model)
+                                   p.device, p.iterations or None, model, FAST_BUDGET_S if p.fast else None)
         except Exception as error:
             slicer.util.errorDisplay(_("Cannot start registration: {error}").format(error=error))
             return
@@ -111,13 +114,14 @@ class MedDLRegistrationLogic(ScriptedLoadableModuleLogic):
 
     def start(self, fixedVolume, movingVolume, movingSegmentation=None, method: str = "deformable",
               similarity: str = "lncc", device: str = "auto", iterations: Optional[int] = None,
-              model: Optional[str] = None) -> RegistrationJob:
+              model: Optional[str] = None, timeBudget: Optional[float] = None) -> RegistrationJob:
         """Start a background job; poll it (or wait) and call finish() to get the new nodes.
 
-        `model`: a learned registration model (library id or file) instead of optimising on this pair.
+        `model`: a learned registration model (library id or file) instead of optimising on this pair;
+        `timeBudget`: seconds of optimisation, shared among the pyramid levels (None: until converged).
         """
         return RegistrationJob(slicer.mrmlScene, fixedVolume, movingVolume, movingSegmentation, method, similarity,
-                               device, iterations, model)
+                               device, iterations, model, timeBudget)
 
     def process(self, fixedVolume, movingVolume, movingSegmentation=None, method: str = "deformable",
                 similarity: str = "lncc", device: str = "auto", timeout: Optional[float] = None,

@@ -47,6 +47,8 @@ class RegisterRequest(Request):
     method: str = "deformable"
     similarity: str = "lncc"
     iterations: Optional[int] = None
+    time_budget: Optional[float] = None
+    tolerance: Optional[float] = None
     model: Optional[str] = None
     device: str = "auto"
     compress: bool = True
@@ -57,8 +59,9 @@ class RegisterRequest(Request):
             (("--out-transform", self.out_transform), ("--out-warped", self.out_warped),
              ("--moving-labels", self.moving_labels), ("--out-warped-labels", self.out_warped_labels),
              ("--out-report", self.out_report), ("--method", self.method), ("--similarity", self.similarity),
-             ("--iterations", self.iterations), ("--model", self.model), ("--device", self.device),
-             ("--no-compress", not self.compress),
+             ("--iterations", self.iterations), ("--time-budget", self.time_budget),
+             ("--tolerance", self.tolerance), ("--model", self.model),
+             ("--device", self.device), ("--no-compress", not self.compress),
              ("--trust-model", self.trust_model)))]
 
 
@@ -86,6 +89,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--smoothness", type=number_in(0, 10**6), default=None, help="weight of the bending energy")
     parser.add_argument("--iterations", type=int_in(1, 10**6), default=None,
                         help="deformable steps at every pyramid level (default: 80, 60, 40 at 1/4, 1/2, 1)")
+    parser.add_argument("--time-budget", type=number_in(0, 10**7, low_open=True), default=None,
+                        help="seconds of optimisation, shared among the pyramid levels (a level that converges "
+                             "early leaves its time to the next)")
+    parser.add_argument("--tolerance", type=number_in(0, 1), default=None,
+                        help="a level stops when 10 steps improve its loss by less than this share "
+                             "(default 0.001; 0: run every step)")
     parser.add_argument("--model", default=None, help="a learned registration model (meddl train-registration)")
     parser.add_argument("--refine", action="store_true", help="refine the model's deformation by optimisation")
     add_trust(parser)
@@ -172,6 +181,9 @@ def run_register(args: argparse.Namespace, progress) -> RegisterResult:
             settings = replace(settings, smoothness=args.smoothness)
         if args.iterations:
             settings = replace(settings, deformable_iterations=(args.iterations,))
+        settings = replace(settings, time_budget_s=args.time_budget)
+        if args.tolerance is not None:
+            settings = replace(settings, tolerance=args.tolerance)
         result = _registered(fixed, moving, settings, args, progress)
         warped = warp(moving, fixed, result.displacement)
         report = _report(fixed, moving, warped, result, args)

@@ -59,3 +59,13 @@ def jacobian_determinant(displacement: np.ndarray, grid: Image) -> np.ndarray:
 def folded_share(displacement: np.ndarray, grid: Image) -> float:
     """The share of voxels where the transform folds (Jacobian determinant <= 0)."""
     return float(np.mean(jacobian_determinant(displacement, grid) <= 0))
+
+
+def folding_penalty(displacement: torch.Tensor, grid: Image, margin: float = 0.1) -> torch.Tensor:
+    """Mean of relu(margin - det(dT/dx)) over the grid, for a (3, k, j, i) displacement in LPS mm on `grid`:
+    zero where the transform keeps at least `margin` of every volume, growing where it folds (differentiable)."""
+    components = displacement.permute(1, 2, 3, 0)  # (k, j, i, 3)
+    by_index = torch.stack(torch.gradient(components, dim=(2, 1, 0)), dim=-1)  # d D / d(i, j, k)
+    inverse = torch.from_numpy(np.linalg.inv(grid.index_to_lps()[:3, :3])).to(by_index)
+    jacobian = by_index @ inverse + torch.eye(3).to(by_index)
+    return torch.relu(margin - torch.linalg.det(jacobian)).mean()

@@ -1,16 +1,22 @@
 """Instance-optimisation registration: affine pre-alignment, then a dense deformation, over a resolution pyramid.
 
 The affine stage starts from the centres of mass and optimises T(x) = (I + M)(x - c) + c + t with
-a similarity loss at coarse levels. The deformable stage optimises a stationary velocity field on
-the fixed image's grid at each level (upsampled between levels), integrated by scaling and
-squaring into a diffeomorphic displacement d, with MONAI's local normalised cross-correlation (one
-modality) or global mutual information (two) plus MONAI's bending energy. The result is one
-displacement field D(x) = A(x + d(x)) - x on the full fixed grid, in the ITK convention.
+a similarity loss at coarse levels. The deformable stage optimises a stationary velocity field at
+each level of the fixed image's pyramid, integrated by scaling and squaring into a diffeomorphic
+displacement d, with MONAI's local normalised cross-correlation (one modality) or global mutual
+information (two) plus MONAI's bending energy and a penalty where the Jacobian determinant falls
+below 0.1 (folding). The velocity lives on a control grid of at most
+`max_control_voxels` points (the level's own grid when it is small enough, else one of blocks of it),
+and its displacement is interpolated onto the level's grid, where the similarity is measured: the
+cost of a step then grows with the image only through the similarity, and memory stays bounded.
+Each level stops after its steps, when its loss stops improving, or when its share of the time
+budget is spent. The result is one displacement field D(x) = A(x + d(x)) - x on the full fixed grid,
+in the ITK convention.
 """
 
 from __future__ import annotations
 
-import time
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -21,7 +27,9 @@ from ..device import select_compute
 from ..errors import InputError
 from ..image import Image, check_scalar_volume
 from ..progress import Progress, no_progress
-from .fields import folded_share, lps_points, sample
+from .fields import folded_share, folding_penalty, lps_points, sample
+from .grids import coarser_grid, control_factor, resampler
+from .schedule import LevelClock, Schedule
 
 SIMILARITIES = ("lncc", "mi")
 
@@ -33,11 +41,14 @@ class RegistrationSettings:
     levels: tuple[int, ...] = (4, 2, 1)  # pyramid: downsampling factors of the deformable stage
     affine_iterations: int = 80  # per level (1/4, then 1/2 resolution)
     deformable_iterations: tuple[int, ...] = (80, 60, 40)  # per level of `levels`
-    smoothness: float = 2.0  # weight of the bending energy
+    smoothness: float = 1.0  # weight of the bending energy (measured on the velocity's grid)
+    folding_weight: float = 1.0  # weight of the penalty on volumes the transform folds or squeezes below 10 %
     squaring_steps: int = 6  # 0: a plain displacement field instead of a diffeomorphic one
     learning_rate: float = 0.5  # mm per step for the velocity field
     device: str = "auto"
-    time_budget_s: Optional[float] = None
+    time_budget_s: Optional[float] = None  # shared among the levels by their expected cost
+    tolerance: float = 1e-3  # a level stops when 10 steps improve its loss by less than this share; 0: never
+    max_control_voxels: int = 2**19  # the velocity field's grid is no finer than this
 
 
 @dataclass
@@ -58,9 +69,7 @@ def pooled(volume: torch.Tensor, grid: Image, factor: int) -> tuple[torch.Tensor
     if factor == 1:
         return volume, grid
     small = torch.nn.functional.avg_pool3d(volume[None, None], factor, factor, ceil_mode=True)[0, 0]
-    spacing = np.asarray(grid.spacing) * factor
-    origin = grid.index_to_lps() @ np.array([(factor - 1) / 2] * 3 + [1.0])
-    return small, Image(np.zeros(small.shape, np.float32), tuple(spacing), tuple(origin[:3]), grid.direction)
+    return small, coarser_grid(grid, factor)
 
 
 def check_pair(fixed: Image, moving: Image) -> None:
@@ -119,6 +128,8 @@ def integrate(velocity: torch.Tensor, grid: Image, points: torch.Tensor, steps: 
 class Registration:
     """One fixed/moving pair: the pyramid, the two stages, and the final full-resolution field."""
 
+    AFFINE_LEVELS = (4, 2)
+
     def __init__(self, fixed: Image, moving: Image, settings: RegistrationSettings, report: Progress) -> None:
 
         check_pair(fixed, moving)
@@ -127,33 +138,46 @@ class Registration:
         self.fixed_volume = unit_range(fixed.array.astype(np.float32)).to(self.device)
         self.moving_volume = unit_range(moving.array.astype(np.float32)).to(self.device)
         self.loss = similarity_loss(settings.similarity)
-        self.started = time.monotonic()
+        self.schedule = self._schedule()
 
-    def out_of_time(self) -> bool:
-        budget = self.settings.time_budget_s
-        return bool(budget) and time.monotonic() - self.started > budget
+    def _schedule(self) -> Schedule:
+        """The clocks of the affine levels, then the deformable ones; costs are steps x voxels of each level."""
+        settings, voxels = self.settings, float(np.prod(self.fixed.shape[:3]))
+        levels = [(f"affine 1/{factor}", settings.affine_iterations, settings.affine_iterations * voxels / factor**3)
+                  for factor in self.AFFINE_LEVELS]
+        if settings.method == "deformable":
+            for index, factor in enumerate(settings.levels):
+                steps = settings.deformable_iterations[min(index, len(settings.deformable_iterations) - 1)]
+                levels.append((f"deformable 1/{factor}", steps, steps * voxels / factor**3))
+        return Schedule(levels, settings.time_budget_s, settings.tolerance)
 
     def _level(self, factor: int):
         fixed, grid = pooled(self.fixed_volume, self.fixed, factor)
         moving, moving_grid = pooled(self.moving_volume, self.moving, factor)
         return fixed, grid, moving[None], moving_grid, lps_points(grid).float().to(self.device)
 
+    def _report(self, clock: LevelClock, index: int, stage: tuple[float, float]) -> None:
+        step = len(clock.losses)
+        if step % 10 == 1:
+            count = len(self.AFFINE_LEVELS) if stage[0] == 0.0 else len(self.settings.levels)
+            done = (index + min(step / clock.steps, 1.0)) / count
+            self.report(stage[0] + stage[1] * done, f"{clock.name}, step {step}")
+
     def affine_stage(self) -> AffineTransform:
         shift = centre_of_mass(self.moving_volume, self.moving) - centre_of_mass(self.fixed_volume, self.fixed)
         transform = AffineTransform(centre_of_mass(self.fixed_volume, self.fixed), shift).to(self.device)
         optimiser = torch.optim.Adam([{"params": [transform.linear], "lr": 2e-3},
                                       {"params": [transform.translation], "lr": 0.5}])
-        for index, factor in enumerate((4, 2)):
+        for index, factor in enumerate(self.AFFINE_LEVELS):
             fixed, _, moving, moving_grid, points = self._level(factor)
-            for step in range(self.settings.affine_iterations):
+            clock = self.schedule.clocks[index]
+            while True:
                 optimiser.zero_grad()
                 loss = self._similarity(fixed, moving, moving_grid, transform(points))
                 loss.backward()
                 optimiser.step()
-                if step % 10 == 0:
-                    done = (index + step / self.settings.affine_iterations) / 2
-                    self.report(0.3 * done, f"affine: level 1/{factor}, step {step}")
-                if self.out_of_time():
+                self._report(clock, index, (0.0, 0.3))
+                if clock.done(loss.item()):
                     break
         return transform
 
@@ -163,30 +187,42 @@ class Registration:
         from monai.losses import BendingEnergyLoss
 
         bending, velocity, grid = BendingEnergyLoss(), initial, (self.fixed if initial is not None else None)
-        levels = self.settings.levels
-        for index, factor in enumerate(levels):
+        capped = None  # the control grid's spacing once the voxel cap has coarsened it
+        for index, factor in enumerate(self.settings.levels):
             fixed, level_grid, moving, moving_grid, points = self._level(factor)
+            control, capped = self._control_grid(level_grid, capped)
+            control_points, to_level = lps_points(control).float().to(self.device), resampler(control, level_grid)
             if velocity is None:
-                velocity = torch.zeros(3, *fixed.shape, device=self.device)
+                velocity = torch.zeros(3, *control.shape, device=self.device)
             else:
-                velocity = sample(velocity, grid, points, padding="border")
-            velocity, grid = velocity.detach().requires_grad_(True), level_grid
+                velocity = resampler(grid, control)(velocity)
+            velocity, grid = velocity.detach().requires_grad_(True), control
             optimiser = torch.optim.Adam([velocity], lr=self.settings.learning_rate)
-            iterations = self.settings.deformable_iterations[min(index, len(self.settings.deformable_iterations) - 1)]
-            for step in range(iterations):
+            clock, spacing = self.schedule.clocks[len(self.AFFINE_LEVELS) + index], float(np.mean(control.spacing))
+            while True:
                 optimiser.zero_grad()
-                displacement = self._displacement(velocity, grid, points)
-                moved = affine(points + displacement.permute(1, 2, 3, 0))
-                loss = self._similarity(fixed, moving, moving_grid, moved) + self.settings.smoothness * bending(
-                    displacement[None] / float(np.mean(grid.spacing)))
+                displacement = self._displacement(velocity, control, control_points)
+                moved = affine(points + to_level(displacement).permute(1, 2, 3, 0))
+                loss = (self._similarity(fixed, moving, moving_grid, moved)
+                        + self.settings.smoothness * bending(displacement[None] / spacing)
+                        + self.settings.folding_weight * folding_penalty(displacement, control))
                 loss.backward()
                 optimiser.step()
-                if step % 10 == 0:
-                    done = (index + step / iterations) / len(levels)
-                    self.report(0.3 + 0.65 * done, f"deformable: level 1/{factor}, step {step}")
-                if self.out_of_time():
+                self._report(clock, index, (0.3, 0.65))
+                if clock.done(loss.item()):
                     break
         return velocity.detach(), grid
+
+    def _control_grid(self, level_grid: Image, capped: Optional[float]) -> tuple[Image, Optional[float]]:
+        """The velocity's grid at a level: the level's own grid, or blocks of it when it has more points than
+        `max_control_voxels`. Once the cap has coarsened it, a finer level refines only where the similarity is
+        measured, never the velocity's grid: the bending energy (measured on that grid) then weighs alike on
+        both levels, whatever the image's voxel size."""
+        factor = control_factor(level_grid, self.settings.max_control_voxels)
+        if factor > 1 and capped is not None:
+            factor = max(factor, math.ceil(capped / min(level_grid.spacing) - 1e-6))
+        control = coarser_grid(level_grid, factor)
+        return control, (min(control.spacing) if factor > 1 else capped)
 
     def _similarity(self, fixed: torch.Tensor, moving: torch.Tensor, moving_grid: Image,
                     moved: torch.Tensor) -> torch.Tensor:
@@ -211,13 +247,14 @@ class Registration:
             if deformation is not None:
                 velocity, grid = deformation
                 coarse = self._displacement(velocity, grid, lps_points(grid).float().to(self.device))
-                moved = points + sample(coarse, grid, points, padding="border").permute(1, 2, 3, 0)
+                moved = points + resampler(grid, self.fixed)(coarse).permute(1, 2, 3, 0)
             total = (affine(moved) - points).double().cpu().numpy()
         return self.result(total, affine)
 
     def result(self, total: np.ndarray, affine: AffineTransform) -> RegistrationResult:
         self.report(1.0, "registered")
-        return RegistrationResult(total, affine.matrix(), {"folded_share": folded_share(total, self.fixed)})
+        return RegistrationResult(total, affine.matrix(), {"folded_share": folded_share(total, self.fixed),
+                                                           "levels": self.schedule.summary()})
 
 
 def register(fixed: Image, moving: Image, settings: Optional[RegistrationSettings] = None,
