@@ -232,3 +232,43 @@ def classifier_2d_bundle(folder: Path) -> Path:
                                    "spatial_shape": [1, 3], "dtype": "float32", "value_range": [0, 1],
                                    "is_patch_data": False, "channel_def": classes}})
     return _save(folder, metadata, config, network)
+
+
+def _registration_metadata(shape: tuple[int, int, int]) -> dict:
+    image = {"type": "image", "format": "magnitude", "modality": "MR", "num_channels": 1, "spatial_shape": list(shape),
+             "dtype": "float32", "value_range": [0, 1], "is_patch_data": False}
+    ddf = {"type": "image", "format": "displacement field", "num_channels": 3, "spatial_shape": list(shape),
+           "dtype": "float32", "is_patch_data": False,
+           "channel_def": {str(axis): f"displacement along array axis {axis} (voxels)" for axis in range(3)}}
+    return _metadata("registration_test", {"fixed_image": image, "moving_image": dict(image)}, {"pred": ddf})
+
+
+def registration_bundle(folder: Path, shape: tuple[int, int, int] = (24, 20, 16), ddf_output: bool = True) -> Path:
+    """A LocalNet registration bundle: fixed and moving images loaded and scaled to [0, 1], concatenated (moving,
+    fixed) as the network's input, its DDF as `pred`, and the moving image warped by MONAI's Warp in its own
+    postprocessing (`warped`). With `ddf_output` False its pred is the warped image instead (as mednist_reg's)."""
+    from monai.networks.nets import LocalNet
+
+    args = {"spatial_dims": 3, "in_channels": 2, "out_channels": 3, "num_channel_initial": 4,
+            "extract_levels": [0, 1, 2]}
+    network = _seeded(LocalNet, **args)
+    keys = ["@fixed_key", "@moving_key"]
+    preprocessing = [{"_target_": "LoadImaged", "keys": keys}, {"_target_": "EnsureChannelFirstd", "keys": keys},
+                     {"_target_": "ScaleIntensityd", "keys": keys, "minv": 0.0, "maxv": 1.0},
+                     {"_target_": "ConcatItemsd", "keys": ["@moving_key", "@fixed_key"], "name": "image"},
+                     {"_target_": "EnsureTyped", "keys": "image"}]
+    postprocessing = [
+        {"_target_": "Lambda", "func": "$lambda d: dict(d, warped=@warp(d[@moving_key][None], d['pred'][None])[0])"},
+        {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "ddf",
+         "resample": False, "separate_folder": False}]
+    if not ddf_output:
+        postprocessing.append({"_target_": "Lambda", "func": "$lambda d: dict(d, pred=d['warped'])"})
+    config = _infer_config({"_target_": "LocalNet", **args}, preprocessing, postprocessing,
+                           {"_target_": "SimpleInferer"})
+    config.update({"fixed_key": "fixed_image", "moving_key": "moving_image",
+                   "warp": {"_target_": "monai.networks.blocks.Warp", "mode": "bilinear", "padding_mode": "border"},
+                   "datalist": "$[{'fixed_image': f, 'moving_image': f.replace('_fixed', '_moving')} "
+                               "for f in sorted(glob.glob(@dataset_dir + '/*_fixed.nii.gz'))]"})
+    config["dataset"]["data"] = "@datalist"
+    del config["image_key"], config["output_postfix"]
+    return _save(folder, _registration_metadata(shape), config, network)

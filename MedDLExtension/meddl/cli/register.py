@@ -95,7 +95,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--tolerance", type=number_in(0, 1), default=None,
                         help="a level stops when 10 steps improve its loss by less than this share "
                              "(default 0.001; 0: run every step)")
-    parser.add_argument("--model", default=None, help="a learned registration model (meddl train-registration)")
+    parser.add_argument("--model", default=None, help="a learned registration model (meddl train-registration) or "
+                                                      "a MONAI registration bundle (with --trust-model)")
     parser.add_argument("--refine", action="store_true", help="refine the model's deformation by optimisation")
     add_trust(parser)
     add_device(parser)
@@ -135,6 +136,10 @@ def _registered(fixed, moving, settings, args: argparse.Namespace, progress):
 
     model = load_model(args.model, trust=args.trust_model)
     refinement = replace(settings, levels=(2, 1), deformable_iterations=settings.deformable_iterations[-2:])
+    if model.pipeline.get("type") == "monai-bundle":  # a MONAI bundle: its own workflow gives the deformation
+        from ..registration.bundle_run import bundle_register
+
+        return bundle_register(fixed, moving, model, args.refine, refinement, progress)
     return learned_register(fixed, moving, model, args.refine, refinement, progress)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import ModelError
-from .bundle_workflow import config_path, is_workflow, read_config
+from .bundle_workflow import INFER_IDS, config_path, is_workflow, read_config
 from .card import card_from_dict
 from .formats import MEDDL_CARD, TRUST_MEANS
 from .loaded import LoadedModel
@@ -86,8 +86,53 @@ def _input_fields(image_in: dict[str, Any], classes: bool) -> dict[str, Any]:
     return fields
 
 
+DDF_WORDS = ("ddf", "dvf", "displacement")
+
+
+def registration_keys(metadata: dict[str, Any]) -> Optional[dict[str, str]]:
+    """For a registration bundle (its metadata's inputs name a fixed and a moving image): the fixed and moving
+    input keys and the output key of its dense displacement field (the output whose name, type or format says
+    ddf/displacement, else "pred"); None for any other bundle."""
+    formats = metadata.get("network_data_format", {}) if isinstance(metadata, dict) else {}
+    inputs = formats.get("inputs", {}) if isinstance(formats, dict) else {}
+    outputs = formats.get("outputs", {}) if isinstance(formats, dict) else {}
+    if not isinstance(inputs, dict) or not isinstance(outputs, dict):
+        return None
+    fixed = next((key for key in inputs if "fixed" in str(key).lower()), None)
+    moving = next((key for key in inputs if "moving" in str(key).lower()), None)
+    if fixed is None or moving is None or fixed == moving:
+        return None
+
+    def says_ddf(key: str) -> bool:
+        spec = outputs[key] if isinstance(outputs[key], dict) else {}
+        text = " ".join(str(item).lower() for item in (key, spec.get("type", ""), spec.get("format", "")))
+        return any(word in text for word in DDF_WORDS)
+
+    ddf = next((key for key in outputs if says_ddf(key)), "pred")
+    return {"fixed": str(fixed), "moving": str(moving), "ddf": str(ddf)}
+
+
+def _registration_card(metadata: dict[str, Any], inference: dict[str, Any], keys: dict[str, str]) -> dict[str, Any]:
+    """The card of a registration bundle: one channel a image, no labels, the network it names."""
+    fixed = metadata.get("network_data_format", {}).get("inputs", {}).get(keys["fixed"], {})
+    network_def = dict(inference.get("network_def", {})) if isinstance(inference.get("network_def"), dict) else {}
+    target = str(network_def.pop("_target_", ""))
+    return {
+        "name": metadata.get("name", "bundle"), "task": "registration",
+        "description": metadata.get("description", ""), "license": metadata.get("license", "see the bundle"),
+        "input": {"channels": 1, "modality": fixed.get("modality", "") if isinstance(fixed, dict) else "",
+                  "intensity": {"method": "none"}},
+        "labels": [], "network": {"class": target, "args": network_def} if target else None,
+        "registration": {"bundle_inputs": [keys["fixed"], keys["moving"]], "bundle_output": keys["ddf"]},
+        "provenance": f"MONAI bundle {metadata.get('name', '')} {metadata.get('version', '')}".strip(),
+    }
+
+
 def card_dict_from_bundle(metadata: dict[str, Any], inference: dict[str, Any]) -> dict[str, Any]:
     """Derive a MedDL card from the Zoo's metadata.json and the standard inference.json transforms."""
+    keys = registration_keys(metadata)
+    if keys is not None:
+        return _registration_card(metadata, inference, keys)
     formats = metadata.get("network_data_format", {})
     image_in = formats.get("inputs", {}).get("image", {})
     prediction = formats.get("outputs", {}).get("pred", {})
@@ -144,11 +189,16 @@ def load_bundle(folder: Path, trust: bool, overrides: Optional[dict[str, Any]] =
     if (folder / MEDDL_CARD).is_file():
         card_dict.update(_read_json(folder / MEDDL_CARD))
     card = card_from_dict(with_overrides(card_dict, overrides or {}), f"model card of bundle {folder}")
+    keys = registration_keys(metadata)
     if trust and inference_path and is_workflow(inference):
         image_key = next(iter(metadata.get("network_data_format", {}).get("inputs", {}) or {"image": 0}))
         pipeline = {"type": "monai-bundle", "folder": str(folder), "config": str(inference_path),
-                    "image_key": image_key}
+                    "image_key": image_key, **({"registration_keys": keys} if keys else {})}
         return LoadedModel(card, {}, pipeline, str(folder))
+    if keys is not None:
+        raise ModelError(f"bundle {folder} is a registration bundle (inputs {keys['fixed']!r} and {keys['moving']!r}): "
+                         "MedDL runs one only through MONAI's bundle workflow, which needs a complete inference "
+                         f"config ({', '.join(INFER_IDS)} and a run id) and --trust-model / 'trust this model'")
     torchscript, weights = folder / "models" / "model.ts", folder / "models" / "model.pt"
     if torchscript.is_file():
         network = load_torchscript(torchscript)

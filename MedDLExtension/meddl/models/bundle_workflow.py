@@ -2,9 +2,10 @@
 
 The bundle's own preprocessing, network, inferer, postprocessing, `$` expressions and `scripts/` folder run; MedDL
 writes the input as temporary NIfTI files with its exact geometry (one file a channel, in the model's order), gives
-them to the bundle through `dataset#data`, points `output_dir` at a private temporary folder, and takes the
-postprocessed `pred` of each iteration from the evaluator (what the bundle's SaveImaged writes). The task's code
-maps that onto MedDL's results (segmentation.bundle_run).
+them to the bundle through `dataset#data` (a registration bundle's fixed and moving images under the keys its
+metadata names), points `output_dir` at a private temporary folder, and takes the postprocessed `pred` of each
+iteration from the evaluator (what the bundle's SaveImaged writes). The task's code maps that onto MedDL's results
+(segmentation.bundle_run, registration.bundle_run).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import importlib.util
 import json
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -33,7 +34,8 @@ CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
 INFER_IDS = ("network_def", "inferer", "dataset", "evaluator")  # what MONAI's "infer" workflow requires
 RUN_IDS = ("run", "evaluating")  # the Zoo's names for the expressions that run the evaluator
 TASK_OUTPUTS = {"segmentation": "label map or binary channels -> segments",
-                "classification": "class probabilities -> classes"}
+                "classification": "class probabilities -> classes",
+                "registration": "dense displacement field (fixed -> moving) -> displacement-field transform"}
 # Python packages a bundle's metadata may ask for under a name that differs from the module's
 MODULE_NAMES = {"pytorch-ignite": "ignite", "scikit-image": "skimage", "scikit-learn": "sklearn",
                 "pyyaml": "yaml", "pillow": "PIL", "cucim-cu12": "cucim", "nvidia-dali-cuda110": "nvidia.dali"}
@@ -139,7 +141,7 @@ class WorkflowOutput:
     input_shape: tuple[int, ...]
 
 
-def write_inputs(image: Image, folder: Path, spatial_dims: int) -> list[Path]:
+def write_inputs(image: Image, folder: Path, spatial_dims: int, prefix: str = "input") -> list[Path]:
     """One NIfTI file a channel, with the image's exact geometry; a 2D model gets 2D files of a single slice."""
     channels = [image.array[..., c] for c in range(image.array.shape[-1])] if image.array.ndim == 4 else [image.array]
     paths = []
@@ -149,20 +151,24 @@ def write_inputs(image: Image, folder: Path, spatial_dims: int) -> list[Path]:
             if volume.GetSize()[2] != 1:
                 raise ModelError(f"this 2D model needs a single-slice image, not {volume.GetSize()[2]} slices")
             volume = volume[:, :, 0]
-        paths.append(folder / f"input_{index}.nii.gz")
+        paths.append(folder / f"{prefix}_{index}.nii.gz")
         sitk.WriteImage(volume, str(paths[-1]))
     return paths
 
 
-def _overrides(config: dict[str, Any], folder: Path, work: Path, inputs: list[Path], compute: Compute,
-               image_key: str) -> dict[str, Any]:
+def _data_item(inputs: dict[str, list[Path]]) -> dict[str, Any]:
+    """The one item of `dataset#data`: each input key's file (a list of files for a multi-channel input)."""
+    return {key: str(paths[0]) if len(paths) == 1 else [str(path) for path in paths] for key, paths in inputs.items()}
+
+
+def _overrides(config: dict[str, Any], folder: Path, work: Path, inputs: dict[str, list[Path]],
+               compute: Compute) -> dict[str, Any]:
     """What MedDL sets in the bundle's config: its input, private folders, the device, no worker processes."""
     if not isinstance(config.get("dataset"), dict) or "data" not in config["dataset"]:
         raise ModelError(f"bundle {folder}: its dataset has no 'data' MedDL could give the input to")
-    data = str(inputs[0]) if len(inputs) == 1 else [str(path) for path in inputs]
     overrides: dict[str, Any] = {
         "bundle_root": str(folder), "output_dir": str(work / "output"), "dataset_dir": str(work),
-        "dataset#data": [{image_key: data}], "device": f"$torch.device('{compute.device}')",
+        "dataset#data": [_data_item(inputs)], "device": f"$torch.device('{compute.device}')",
     }
     if isinstance(config.get("dataloader"), dict):
         overrides["dataloader#num_workers"] = 0
@@ -184,9 +190,17 @@ def _attach(evaluator: Any, outputs: list, report: Progress) -> None:
     evaluator.add_event_handler(Events.ITERATION_COMPLETED, collect)
 
 
-def run_workflow(loaded: LoadedModel, image: Image, compute: Compute,
-                 progress: Optional[Progress] = None) -> WorkflowOutput:
-    """Run a bundle's inference workflow on one image (channels in the model's order) and return its `pred`."""
+def _write_all(images: Mapping[str, Image], work: Path, spatial_dims: int) -> dict[str, list[Path]]:
+    """Each named input's files (one a channel), prefixed by its position so that names never clash."""
+    return {key: write_inputs(image, work, spatial_dims, f"input{position}" if len(images) > 1 else "input")
+            for position, (key, image) in enumerate(images.items())}
+
+
+def run_workflow(loaded: LoadedModel, image: Image | Mapping[str, Image], compute: Compute,
+                 progress: Optional[Progress] = None, output_key: str = "pred") -> WorkflowOutput:
+    """Run a bundle's inference workflow on one image (channels in the model's order), or on several named inputs
+    (e.g. a registration bundle's fixed and moving images: {key: image}, the first the reference), and return its
+    postprocessed `output_key` (else `pred`) with the first input's geometry."""
     import nibabel
 
     report = progress or no_progress
@@ -201,19 +215,21 @@ def run_workflow(loaded: LoadedModel, image: Image, compute: Compute,
     config = read_config(config_file)
     with tempfile.TemporaryDirectory(prefix="meddl-bundle-") as temporary:
         work = Path(temporary)
-        inputs = write_inputs(image, work, loaded.card.spatial_dims)
+        images = image if isinstance(image, Mapping) else {loaded.pipeline["image_key"]: image}
+        inputs = _write_all(images, work, loaded.card.spatial_dims)
         outputs: list = []
         report(0.05, "starting the bundle's workflow (MONAI)")
         with bundle_on_path(folder), bundle_failures(loaded.card.name):
-            workflow = _workflow(config, config_file, folder, work, inputs, compute, loaded.pipeline["image_key"])
+            workflow = _workflow(config, config_file, folder, work, inputs, compute)
             report(0.25, "bundle initialised")
             _attach(workflow.evaluator, outputs, report)
             workflow.run()
             workflow.finalize()
-        if not outputs or not isinstance(outputs[0], dict) or "pred" not in outputs[0]:
-            raise ModelError(f"bundle {loaded.card.name!r} produced no 'pred' output")
-        reference = nibabel.load(str(inputs[0]))
-        pred = outputs[0]["pred"]
+        key = output_key if outputs and isinstance(outputs[0], dict) and output_key in outputs[0] else "pred"
+        if not outputs or not isinstance(outputs[0], dict) or key not in outputs[0]:
+            raise ModelError(f"bundle {loaded.card.name!r} produced no {output_key!r} output")
+        reference = nibabel.load(str(next(iter(inputs.values()))[0]))
+        pred = outputs[0][key]
         affine = getattr(pred, "affine", None)
         report(0.97, "bundle finished")
         return WorkflowOutput(np.asarray(pred.detach().cpu().numpy() if hasattr(pred, "detach") else pred),
@@ -221,14 +237,14 @@ def run_workflow(loaded: LoadedModel, image: Image, compute: Compute,
                               np.asarray(reference.affine, dtype=np.float64), tuple(reference.shape))
 
 
-def _workflow(config: dict[str, Any], config_file: Path, folder: Path, work: Path, inputs: list[Path],
-              compute: Compute, image_key: str) -> Any:
+def _workflow(config: dict[str, Any], config_file: Path, folder: Path, work: Path, inputs: dict[str, list[Path]],
+              compute: Compute) -> Any:
     """The initialised ConfigWorkflow, refused with the missing ids when it lacks what "infer" requires."""
     from monai.bundle import ConfigWorkflow
 
     workflow = ConfigWorkflow(config_file=str(config_file), meta_file=str(folder / "configs" / "metadata.json"),
                               logging_file=False, workflow_type="infer", run_id=run_id(config),
-                              **_overrides(config, folder, work, inputs, compute, image_key))
+                              **_overrides(config, folder, work, inputs, compute))
     workflow.initialize()
     missing = workflow.check_properties()
     if missing:

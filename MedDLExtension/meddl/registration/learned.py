@@ -96,6 +96,10 @@ class RegistrationTrainingSettings:
 
 def dry_run(loaded: LoadedModel) -> None:
     """Register a small blob to a shifted copy on the CPU (the model library's check before it lists a model)."""
+    if loaded.pipeline.get("type") == "monai-bundle":  # a registration bundle runs through its own workflow
+        from .bundle_run import dry_run as bundle_dry_run
+
+        return bundle_dry_run(loaded)
     k, j, i = np.meshgrid(*(np.arange(24.0),) * 3, indexing="ij")
     fixed = Image(np.exp(-((k - 12) ** 2 + (j - 12) ** 2 + (i - 12) ** 2) / 30.0).astype(np.float32))
     moving = fixed.with_array(np.roll(fixed.array, 1, axis=2))
