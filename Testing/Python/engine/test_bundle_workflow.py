@@ -155,10 +155,10 @@ def test_a_trusted_zoo_bundle_installs_and_runs_from_the_command_line(tmp_path, 
     import json
     import zipfile
 
+    from loopback_files import FileServer
     from meddl.cli import main
     from meddl.library import install
     from meddl.models import catalog
-    from test_model_zoo import ZooServer
 
     bundle = shapes.segresnet_bundle(tmp_path / "Zoo_Seg")
     archive = tmp_path / "Zoo_Seg_v0.1.0.zip"
@@ -166,7 +166,7 @@ def test_a_trusted_zoo_bundle_installs_and_runs_from_the_command_line(tmp_path, 
         for path in sorted(bundle.rglob("*")):
             zipped.write(path, path.relative_to(tmp_path))
     payload = archive.read_bytes()
-    server = ZooServer({"/Zoo_Seg_v0.1.0.zip": payload})
+    server = FileServer({"/Zoo_Seg_v0.1.0.zip": payload})
     monkeypatch.setenv("MEDDL_MODEL_ZOO_URL", server.base + "/{name}_v{version}.zip")
     monkeypatch.setitem(catalog._entries(), "zoo-seg", {
         "id": "zoo-seg", "title": "Zoo-shaped", "task": "segmentation", "license": "Apache-2.0",

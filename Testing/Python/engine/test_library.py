@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
-import threading
 import zipfile
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import jsonschema
 import numpy as np
 import pytest
 import torch
+from loopback_files import FileServer
 from meddl.cli import main
 from meddl.errors import ModelError
 from meddl.image import Image
@@ -29,41 +28,13 @@ ROOT = Path(__file__).resolve().parents[3]
 ZOO_EXPRESSIONS = {"bundle_root": ".", "ckpt_path": "$@bundle_root + '/models/model.pt'"}
 
 
-class ArchiveServer(http.server.ThreadingHTTPServer):
-    """Serves one file on 127.0.0.1 with Range support; can drop the first transfer half way."""
-
-    def __init__(self, payload: bytes, drop_first_after: int | None = None) -> None:
-        self.payload, self.drop_first_after, self.requests = payload, drop_first_after, []
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/{{name}}_v{{version}}.zip"
+ZOO_PATH = "/test_bundle_v0.1.0.zip"  # where MEDDL_MODEL_ZOO_URL points for the catalog entry below
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server's naming
-        server: ArchiveServer = self.server
-        server.requests.append(self.headers.get("Range"))
-        start = int(self.headers["Range"].split("=")[1].split("-")[0]) if self.headers.get("Range") else 0
-        body = server.payload[start:]
-        self.send_response(206 if start else 200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if server.drop_first_after is not None and len(server.requests) == 1:
-            self.wfile.write(body[: server.drop_first_after])
-            self.wfile.flush()
-            self.connection.shutdown(2)  # the connection breaks mid-transfer
-            return
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-def _serve(payload: bytes, **options) -> ArchiveServer:
-    server = ArchiveServer(payload, **options)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+def _serve(payload: bytes, drop_first: bool = False) -> FileServer:
+    """`payload` served as the test bundle's zip (and as /model.zip); `drop_first` breaks its first transfer."""
+    server = FileServer({ZOO_PATH: payload, "/model.zip": payload})
+    server.drop = ZOO_PATH if drop_first else None
     return server
 
 
@@ -81,8 +52,8 @@ def _zoo_zip(tmp_path: Path, expressions: bool = True) -> bytes:
 def zoo_entry(monkeypatch):
     """A catalog entry naming a Zoo bundle by name and version, served from loopback."""
 
-    def add(server: ArchiveServer, payload: bytes, sha256: str | None = None) -> str:
-        monkeypatch.setenv("MEDDL_MODEL_ZOO_URL", server.url)
+    def add(server: FileServer, payload: bytes, sha256: str | None = None) -> str:
+        monkeypatch.setenv("MEDDL_MODEL_ZOO_URL", server.base + "/{name}_v{version}.zip")
         entry = {"id": "zoo-test", "title": "Test bundle", "task": "segmentation", "license": "Apache-2.0",
                  "source": {"monai_zoo": {"name": "test_bundle", "version": "0.1.0"},
                             "checksum": {"algorithm": "sha256",
@@ -121,10 +92,10 @@ def test_a_download_without_published_checksum_is_pinned_by_its_first_copy(tmp_p
     assert first != changed
     server = _serve(first)
     entry = {"id": "tofu-test", "title": "Test", "task": "segmentation", "license": "MIT",
-             "source": {"url": f"http://127.0.0.1:{server.server_address[1]}/model.zip"}}
+             "source": {"url": f"{server.base}/model.zip"}}
     monkeypatch.setitem(catalog._entries(), "tofu-test", entry)
     for payload, expected in ((first, None), (first, None), (changed, "differs from the copy first installed")):
-        server.payload = payload
+        server.files["/model.zip"] = payload
         messages: list[str] = []
         report = messages.append
         if expected:
@@ -163,13 +134,14 @@ def test_untrusted_zoo_bundle_is_refused_and_nothing_installed(tmp_path, zoo_ent
 
 def test_interrupted_download_resumes(tmp_path, zoo_entry):
     payload = _zoo_zip(tmp_path)
-    server = _serve(payload, drop_first_after=len(payload) // 2)
+    server = _serve(payload, drop_first=True)
     model_id = zoo_entry(server, payload)
     with pytest.raises(ModelError, match="interrupted|failed"):
         install.install(model_id, trust=True)
     assert _nothing_left()
     install.install(model_id, trust=True)
-    assert server.requests[0] is None and server.requests[1].startswith("bytes=") and server.requests[1] != "bytes=0-"
+    ranges = [byte_range for _, byte_range in server.requests]
+    assert ranges[0] is None and ranges[1].startswith("bytes=") and ranges[1] != "bytes=0-"
     assert catalog.is_installed(model_id)
 
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import io
 import json
-import threading
 import zipfile
 from pathlib import Path
 
 import jsonschema
 import pytest
+from loopback_files import FileServer
 from meddl.cli.parser import build_parser
 from meddl.errors import ModelError
 from meddl.library import hosting, install
@@ -90,50 +89,6 @@ def test_schema_accepts_huggingface_hosting_without_an_archive_checksum():
 
 # -- hosting: NGC zips and the Hugging Face layout, on a loopback server -------------------------------------------
 
-class ZooServer(http.server.ThreadingHTTPServer):
-    """Serves files by URL path with Range support (and a Link header per listing page); can break the first
-    transfer of one path half way, and records every request."""
-
-    def __init__(self, files: dict[str, bytes], headers: dict[str, dict] | None = None) -> None:
-        self.files, self.headers, self.requests, self.drop = files, headers or {}, [], None
-        super().__init__(("127.0.0.1", 0), _ZooHandler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _ZooHandler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server's naming
-        server: ZooServer = self.server
-        server.requests.append((self.path, self.headers.get("Range")))
-        if self.path not in server.files:
-            self.send_error(404)
-            return
-        payload = server.files[self.path]
-        start = int(self.headers["Range"].split("=")[1].split("-")[0]) if self.headers.get("Range") else 0
-        if start and start >= len(payload):
-            self.send_error(416)
-            return
-        body = payload[start:]
-        self.send_response(206 if start else 200)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in server.headers.get(self.path, {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        if server.drop == self.path:
-            server.drop = None
-            self.wfile.write(body[: len(body) // 2])
-            self.wfile.flush()
-            self.connection.shutdown(2)  # the connection breaks mid-transfer
-            return
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 def _bundle_files(tmp_path: Path) -> dict[str, bytes]:
     """A small bundle in the Zoo's layout (no executable expressions), as {relative path: content}."""
     folder = tmp_path / "made" / "Zoo_Bundle"
@@ -206,7 +161,7 @@ def test_ngc_zip_installs_checked_against_the_index_sha1(tmp_path, monkeypatch, 
     files = _bundle_files(tmp_path)
     payload = _ngc_zip(files)
     path = "/v2/models/nvidia/monaihosting/zoo_bundle/versions/0.2.0/files/Zoo_Bundle_v0.2.0.zip"
-    server = ZooServer({path: payload})
+    server = FileServer({path: payload})
     assert hosting.zip_url({"name": "Zoo_Bundle", "version": "0.2.0"}) == "https://api.ngc.nvidia.com" + path
     monkeypatch.setenv("MEDDL_MODEL_ZOO_URL", server.base + hosting.ZIP_URLS["ngc"].split(".com", 1)[1])
     model_id = zoo_entry("ngc", {"algorithm": "sha1", "value": hashlib.sha1(payload).hexdigest()})
@@ -216,7 +171,7 @@ def test_ngc_zip_installs_checked_against_the_index_sha1(tmp_path, monkeypatch, 
 
 
 def test_ngc_zip_with_another_sha1_installs_nothing(tmp_path, monkeypatch, zoo_entry):
-    server = ZooServer({"/Zoo_Bundle_v0.2.0.zip": _ngc_zip(_bundle_files(tmp_path))})
+    server = FileServer({"/Zoo_Bundle_v0.2.0.zip": _ngc_zip(_bundle_files(tmp_path))})
     monkeypatch.setenv("MEDDL_MODEL_ZOO_URL", server.base + "/{name}_v{version}.zip")
     model_id = zoo_entry("ngc", {"algorithm": "sha1", "value": "0" * 40})
     with pytest.raises(ModelError, match=f"checksum mismatch.*expected sha1 {'0' * 40}.*discarded"):
@@ -227,7 +182,7 @@ def test_ngc_zip_with_another_sha1_installs_nothing(tmp_path, monkeypatch, zoo_e
 def test_huggingface_bundle_installs_every_file_verified(tmp_path, monkeypatch, zoo_entry):
     files = _bundle_files(tmp_path)
     served, headers = _huggingface_layout(files)
-    server = ZooServer(served, headers)
+    server = FileServer(served, headers)
     monkeypatch.setenv("MEDDL_HUGGINGFACE_URL", server.base)
     installed = install.install(zoo_entry("huggingface"))
     checked = installed.record["checksum"]["files"]
@@ -246,7 +201,7 @@ def test_huggingface_file_that_differs_from_its_listing_installs_nothing(tmp_pat
     files = _bundle_files(tmp_path)
     served, headers = _huggingface_layout(files)
     served[f"/MONAI/Zoo_Bundle/resolve/0.2.0/{altered}"] += b" "  # what arrives is not what the listing says
-    monkeypatch.setenv("MEDDL_HUGGINGFACE_URL", ZooServer(served, headers).base)
+    monkeypatch.setenv("MEDDL_HUGGINGFACE_URL", FileServer(served, headers).base)
     with pytest.raises(ModelError, match=f"checksum mismatch for .*{altered}.*discarded"):
         install.install(zoo_entry("huggingface"), trust=True)
     assert _nothing_installed()
@@ -258,7 +213,7 @@ def test_huggingface_listing_without_a_checksum_installs_nothing(tmp_path, monke
     listing = json.loads(served[url])
     del listing[0]["oid"]
     served[url] = json.dumps(listing).encode()
-    monkeypatch.setenv("MEDDL_HUGGINGFACE_URL", ZooServer(served, headers).base)
+    monkeypatch.setenv("MEDDL_HUGGINGFACE_URL", FileServer(served, headers).base)
     with pytest.raises(ModelError, match="gives no checksum for"):
         install.install(zoo_entry("huggingface"))
     assert _nothing_installed()
@@ -267,7 +222,7 @@ def test_huggingface_listing_without_a_checksum_installs_nothing(tmp_path, monke
 def test_interrupted_huggingface_download_resumes(tmp_path, monkeypatch, zoo_entry):
     files = _bundle_files(tmp_path)
     served, headers = _huggingface_layout(files)
-    server = ZooServer(served, headers)
+    server = FileServer(served, headers)
     weights = "/MONAI/Zoo_Bundle/resolve/0.2.0/models/model.pt"
     server.drop = weights
     monkeypatch.setenv("MEDDL_HUGGINGFACE_URL", server.base)
