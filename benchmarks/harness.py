@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -15,9 +14,20 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def rss_now_kib() -> int:
+def _status_kib(field: str) -> int:
     with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
+        return next(int(line.split()[1]) for line in status if line.startswith(field))
+
+
+def rss_now_kib() -> int:
+    return _status_kib("VmRSS")
+
+
+def peak_rss_kib() -> int:
+    """This process's own peak resident memory (VmHWM). Not getrusage's ru_maxrss: on Linux a child inherits the
+    parent's resident size at fork into ru_maxrss, so a benchmark started by a big parent would report the
+    parent's size as its own peak."""
+    return _status_kib("VmHWM")
 
 
 def time_call(case: str, call: Callable[[], object], repeats: int) -> dict:
@@ -29,7 +39,7 @@ def time_call(case: str, call: Callable[[], object], repeats: int) -> dict:
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_rss_kib()
     return {"case": case, "seconds": statistics.median(times), "all_seconds": times,
             "peak_rss_growth_mib": max(peak - baseline, 0) / 1024, "peak_rss_mib": peak / 1024}
 
@@ -40,7 +50,7 @@ def timed_once(call: Callable[[], object]) -> tuple[object, float, float]:
     start = time.perf_counter()
     result = call()
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_rss_kib()
     return result, seconds, max(peak - baseline, 0) / 1024
 
 

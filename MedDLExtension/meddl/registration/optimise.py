@@ -17,7 +17,7 @@ in the ITK convention.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import numpy as np
@@ -38,7 +38,7 @@ SIMILARITIES = ("lncc", "mi")
 class RegistrationSettings:
     method: str = "deformable"  # "affine" or "deformable" (affine first, then the deformation)
     similarity: str = "lncc"  # "lncc": one modality; "mi": mutual information, for two modalities
-    levels: tuple[int, ...] = (4, 2, 1)  # pyramid: downsampling factors of the deformable stage
+    levels: Optional[tuple[int, ...]] = None  # the deformable pyramid's downsampling factors (None: `pyramid`)
     affine_iterations: int = 80  # per level (1/4, then 1/2 resolution)
     deformable_iterations: tuple[int, ...] = (80, 60, 40)  # per level of `levels`
     smoothness: float = 1.0  # weight of the bending energy (measured on the velocity's grid)
@@ -125,15 +125,28 @@ def integrate(velocity: torch.Tensor, grid: Image, points: torch.Tensor, steps: 
     return displacement
 
 
+COARSEST_VOXELS = 22  # the coarsest level's smallest side, about: a head at 8 mm
+
+
+def pyramid(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Three downsampling factors, the coarsest such that the image's smallest side is about `COARSEST_VOXELS`
+    voxels there (at least 4): (4, 2, 1) for a 2 mm head, (8, 4, 2) for a 1 mm one. So both start from the same
+    coarse view of a large misalignment; the finest level of a fine image is skipped, as its velocity's control
+    grid is coarser than its voxels anyway."""
+    coarsest = max(4, 2 ** round(math.log2(max(min(shape[:3]), 1) / COARSEST_VOXELS)))
+    return coarsest, coarsest // 2, coarsest // 4
+
+
 class Registration:
     """One fixed/moving pair: the pyramid, the two stages, and the final full-resolution field."""
-
-    AFFINE_LEVELS = (4, 2)
 
     def __init__(self, fixed: Image, moving: Image, settings: RegistrationSettings, report: Progress) -> None:
 
         check_pair(fixed, moving)
-        self.fixed, self.moving, self.settings, self.report = fixed, moving, settings, report
+        self.fixed, self.moving, self.report = fixed, moving, report
+        levels = settings.levels or pyramid(fixed.shape)
+        self.settings = replace(settings, levels=levels)
+        self.affine_levels = pyramid(fixed.shape)[:2]
         self.device = select_compute(settings.device).device
         self.fixed_volume = unit_range(fixed.array.astype(np.float32)).to(self.device)
         self.moving_volume = unit_range(moving.array.astype(np.float32)).to(self.device)
@@ -144,7 +157,7 @@ class Registration:
         """The clocks of the affine levels, then the deformable ones; costs are steps x voxels of each level."""
         settings, voxels = self.settings, float(np.prod(self.fixed.shape[:3]))
         levels = [(f"affine 1/{factor}", settings.affine_iterations, settings.affine_iterations * voxels / factor**3)
-                  for factor in self.AFFINE_LEVELS]
+                  for factor in self.affine_levels]
         if settings.method == "deformable":
             for index, factor in enumerate(settings.levels):
                 steps = settings.deformable_iterations[min(index, len(settings.deformable_iterations) - 1)]
@@ -159,7 +172,7 @@ class Registration:
     def _report(self, clock: LevelClock, index: int, stage: tuple[float, float]) -> None:
         step = len(clock.losses)
         if step % 10 == 1:
-            count = len(self.AFFINE_LEVELS) if stage[0] == 0.0 else len(self.settings.levels)
+            count = len(self.affine_levels) if stage[0] == 0.0 else len(self.settings.levels)
             done = (index + min(step / clock.steps, 1.0)) / count
             self.report(stage[0] + stage[1] * done, f"{clock.name}, step {step}")
 
@@ -168,7 +181,7 @@ class Registration:
         transform = AffineTransform(centre_of_mass(self.fixed_volume, self.fixed), shift).to(self.device)
         optimiser = torch.optim.Adam([{"params": [transform.linear], "lr": 2e-3},
                                       {"params": [transform.translation], "lr": 0.5}])
-        for index, factor in enumerate(self.AFFINE_LEVELS):
+        for index, factor in enumerate(self.affine_levels):
             fixed, _, moving, moving_grid, points = self._level(factor)
             clock = self.schedule.clocks[index]
             while True:
@@ -198,7 +211,7 @@ class Registration:
                 velocity = resampler(grid, control)(velocity)
             velocity, grid = velocity.detach().requires_grad_(True), control
             optimiser = torch.optim.Adam([velocity], lr=self.settings.learning_rate)
-            clock, spacing = self.schedule.clocks[len(self.AFFINE_LEVELS) + index], float(np.mean(control.spacing))
+            clock, spacing = self.schedule.clocks[len(self.affine_levels) + index], float(np.mean(control.spacing))
             while True:
                 optimiser.zero_grad()
                 displacement = self._displacement(velocity, control, control_points)
