@@ -18,6 +18,13 @@ $(STAMP): pyproject.toml constraints.txt requirements-dev.txt
 	# wheel does not match the CPU torch build; nnU-Net's U-Nets need neither): its real dependencies are in
 	# requirements-dev.txt
 	$(PIP) install -c constraints.txt --no-deps nnunetv2 dynamic_network_architectures
+	# nnInteractive's promptable session (the `interactive` extra) without its server stack and
+	# huggingface_hub: MedDL loads model folders itself; its other dependencies come with nnU-Net
+	$(PIP) install -c constraints.txt --no-deps nninteractive nninteractive-client
+	# SAM 2's video predictor (the `sam2` extra) without torchvision (MedDL gives it in-memory frames) and without
+	# its CUDA extension; a source package, built against the installed torch
+	SAM2_BUILD_CUDA=0 $(PIP) install -c constraints.txt --no-deps --no-build-isolation sam2 hydra-core iopath omegaconf \
+		antlr4-python3-runtime portalocker pyyaml
 	$(PIP) install --no-deps --no-build-isolation -e .
 	# the unrelated PyPI package `slicer` would shadow slicer-core's `slicer`
 	! $(PY) -m pip show -q slicer 2>/dev/null

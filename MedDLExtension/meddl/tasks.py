@@ -29,7 +29,8 @@ class Task:
     card_check: "module:function(data, source)" raising ModelError for task-specific card fields.
     commands: the `meddl.cli` module with `add_commands(commands)`, `RUNNERS` (command -> runner)
     and the request classes of the commands it serves.
-    dry_run: "module:function(loaded_model)" that runs a loaded model once on a small blank input.
+    dry_run: "module:function(loaded_model)" that runs a loaded model once on a small blank input (promptable
+    models, which MedDL opens as sessions rather than loads: "module:function(path, trust)").
     module: the Slicer module (a folder of MedDLExtension) whose panel runs this task.
     """
 
@@ -49,8 +50,8 @@ class Task:
     def commands_module(self) -> ModuleType:
         return importlib.import_module(self.commands)
 
-    def run_dry(self, loaded: Any) -> None:
-        resolve(self.dry_run)(loaded)
+    def run_dry(self, *arguments: Any) -> Any:
+        return resolve(self.dry_run)(*arguments)
 
     def check_card(self, data: dict[str, Any], source: str) -> None:
         if self.card_check:
@@ -76,6 +77,8 @@ TASKS: dict[str, Task] = {task.name: task for task in (
          "MedDLEnhancement", card_check="meddl.enhancement.pretrained:check_card", article="an"),
     Task("registration", "Registration", "none", "meddl.cli.register", "meddl.registration.learned:dry_run",
          "MedDLRegistration"),
+    Task("promptable", "Promptable segmentation", "named", "meddl.cli.interact", "meddl.interactive.families:dry_run",
+         "MedDLSegmentation"),
 )}
 
 

@@ -258,8 +258,8 @@ def deformed_copy(image: Image, labels: Image, amplitude_mm: float, seed: int = 
 
 
 def write_task_models(folder: Path) -> dict[str, Path]:
-    """One model of every task, made the way a user makes them (a few training steps each), and the images
-    they run on: noisy.nii.gz, fixed.nii.gz and moving.nii.gz in `folder`."""
+    """One model of every task, made the way a user makes them (a few training steps each; the promptable one
+    with random weights), and the images they run on: noisy.nii.gz, fixed.nii.gz and moving.nii.gz in `folder`."""
     from meddl.classification.training import TrainingSettings, train_classifier
     from meddl.cli import main
     from meddl.io import write_image
@@ -276,9 +276,11 @@ def write_task_models(folder: Path) -> dict[str, Path]:
     images = [Image(rng.normal(label, 1.0, (16, 16, 16)).astype(np.float32)) for label in (0, 1) * 4]
     classifier = train_classifier(images, [0, 1] * 4, ["low", "high"], folder / "tissue", TrainingSettings(epochs=1))
     (folder / "seg").mkdir()
+    import nninteractive_folders  # a promptable model: nnInteractive's architecture, random weights
+
     return {"segmentation": write_state_dict_model(folder / "seg", labels=2),
             "classification": classifier.folder / "model.pt", "enhancement": folder / "den.pt",
-            "registration": folder / "reg.pt"}
+            "registration": folder / "reg.pt", "promptable": nninteractive_folders.build(folder / "clicks")}
 
 
 def write_dicom_series(image: Image, folder: Path, series: str = "1.2.826.0.1.3680043.2.1125.1.1",

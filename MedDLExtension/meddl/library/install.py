@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..errors import ModelError
+from ..interactive import families
 from ..models import catalog, store
 from ..models.card import card_from_dict, missing_fields
-from ..models.formats import MEDDL_CARD, MODEL_SUFFIXES, is_bundle, nnunet_results_folder
+from ..models.formats import MEDDL_CARD, MODEL_SUFFIXES, card_path_for, is_bundle, nnunet_results_folder
 from ..models.loading import load_model
 from ..outputs import atomic_path
 from ..progress import Progress, no_progress, scaled
@@ -29,9 +30,13 @@ MAX_COMPRESSION_RATIO = 200  # per member above RATIO_CHECK_BYTES (model weights
 RATIO_CHECK_BYTES = 16 * 2**20
 
 
-def dry_run(reference: Path, trust: bool) -> None:
+def dry_run(reference: Path, trust: bool, name: str = "") -> None:
     """Load the model and run it once on a small blank input, the way its task runs it (the task registry's
-    dry run), so that only models that work enter the library."""
+    dry run), so that only models that work enter the library. A promptable model (nnInteractive, SAM 2) runs one
+    point instead, and gets its card from what its package reports (family, prompt kinds, licence)."""
+    if families.family_of(Path(reference)) is not None:
+        _promptable_dry_run(Path(reference), trust, name or Path(reference).stem)
+        return
     loaded = load_model(reference, trust=trust)
     try:
         get_task(loaded.card.task).run_dry(loaded)
@@ -39,6 +44,20 @@ def dry_run(reference: Path, trust: bool) -> None:
         raise
     except Exception as error:  # the network itself failed: report it as a model problem
         raise ModelError(f"the model loads but fails on a test input: {error}") from None
+
+
+def _promptable_dry_run(reference: Path, trust: bool, name: str) -> None:
+    try:
+        session = get_task("promptable").run_dry(reference, trust)
+    except (ModelError, OSError):
+        raise
+    except Exception as error:  # the package or the network failed on the test prompt
+        raise ModelError(f"the promptable model loads but fails on a test prompt: {error}") from None
+    card = card_path_for(reference)
+    if not card.is_file():
+        card.parent.mkdir(parents=True, exist_ok=True)
+        card.write_text(json.dumps(families.card_for(name, session), indent=1),
+                        encoding="utf-8")
 
 
 def _record(model_id: str, kind: str, source: str, model_path: str, trusted: bool, **extra: Any) -> dict:
@@ -49,7 +68,7 @@ def _record(model_id: str, kind: str, source: str, model_path: str, trusted: boo
 def _finish(staging: Path, model_id: str, model_path: str, trust: bool, record: dict) -> store.InstalledModel:
     """Validate what is in `staging`, then publish it; on any failure nothing is left behind."""
     try:
-        dry_run(staging / model_path, trust)
+        dry_run(staging / model_path, trust, model_id)
         return store.publish(staging, model_id, record)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -254,6 +273,8 @@ def _id_from(source: Path, card_fields: dict | None) -> str:
 
 
 def _copy_into(source: Path, staging: Path, card_fields: dict) -> str:
+    if families.family_of(source) is not None:
+        return _copy_promptable(source, staging)
     nnunet_folder = nnunet_results_folder(source) if source.is_dir() else None
     if nnunet_folder is not None:  # its card comes from dataset.json: copied as DatasetNNN/Trainer__Plans__conf
         target = staging / nnunet_folder.parent.name / nnunet_folder.name
@@ -281,6 +302,19 @@ def _copy_into(source: Path, staging: Path, card_fields: dict) -> str:
         shutil.copy2(card, target.with_suffix(".json"))
     _merge_card(target.with_suffix(".json"), card_fields, require_complete=True)
     return target.name
+
+
+def _copy_promptable(source: Path, staging: Path) -> str:
+    """A promptable model folder as it is, or a checkpoint with the files named like it and its LICENSE."""
+    target = staging / "promptable"
+    if source.is_dir():
+        shutil.copytree(source, target)
+        return target.name
+    target.mkdir(parents=True)
+    for path in source.parent.iterdir():
+        if path.is_file() and (path.stem == source.stem or path.name.upper().startswith("LICENSE")):
+            shutil.copy2(path, target / path.name)
+    return f"{target.name}/{source.name}"
 
 
 def _merge_card(path: Path, fields: dict, require_complete: bool) -> None:

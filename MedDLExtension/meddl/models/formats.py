@@ -38,9 +38,17 @@ def card_path_for(model_path: Path) -> Path:
     return model_path / MEDDL_CARD if model_path.is_dir() else model_path.with_suffix(".json")
 
 
+PROMPTABLE_METADATA = ("inference_info.json", "inference_session_class.json")  # nnInteractive's session files
+
+
+def is_promptable_folder(path: Path) -> bool:
+    """An nnInteractive model folder: nnU-Net's layout plus the session metadata its package reads."""
+    return path.is_dir() and any((path / name).is_file() for name in PROMPTABLE_METADATA)
+
+
 def _is_results_folder(path: Path) -> bool:
     return (path / "plans.json").is_file() and (path / "dataset.json").is_file() and \
-        any(path.glob("fold_*/checkpoint_*.pth"))
+        any(path.glob("fold_*/checkpoint_*.pth")) and not is_promptable_folder(path)
 
 
 def nnunet_results_folder(path: Path, configuration: Optional[str] = None) -> Optional[Path]:

@@ -19,7 +19,7 @@ from ..errors import ModelError
 from . import catalog, nnunet, store
 from .bundle import load_bundle
 from .card import card_from_dict, read_card
-from .formats import card_path_for, is_bundle, nnunet_results_folder
+from .formats import card_path_for, is_bundle, is_promptable_folder, nnunet_results_folder
 from .loaded import LoadedModel
 from .networks import (
     build_monai_network,
@@ -162,6 +162,9 @@ def _load_path(path: Path, trust: bool, card: str | Path | None, folds: Optional
     card_file = Path(card) if card else (card_path_for(path) if path.is_file() else None)
     if card_file is not None and card_file.exists() and not card_file.is_file():
         raise ModelError(f"model card {card_file} is not a regular file")
+    if is_promptable_folder(path):
+        raise ModelError(f"{path} is a promptable model (nnInteractive): it segments from points, boxes and "
+                         "scribbles with `meddl interact` or the Segment Editor effect, not on its own")
     if path.is_dir() and nnunet_results_folder(path) is not None:
         return nnunet.load_nnunet(path, trust, folds, overrides=overrides)
     if path.is_dir():

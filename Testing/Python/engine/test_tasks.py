@@ -46,7 +46,8 @@ def test_catalog_and_card_schemas_list_exactly_the_registered_tasks():
 
 
 def test_cards_follow_the_tasks_label_rules():
-    with pytest.raises(ModelError, match="not one of segmentation, classification, enhancement, registration"):
+    with pytest.raises(ModelError, match="not one of segmentation, classification, enhancement, registration, "
+                                         "promptable"):
         card_from_dict(card_dict(task="detection"))
     with pytest.raises(ModelError, match="0 is background"):
         card_from_dict({**card_dict(), "labels": [{"value": 0, "name": "Background"}]})
@@ -101,6 +102,11 @@ def test_a_model_of_every_task_imports_lists_under_its_task_and_runs(task_models
     assert main(["register", str(folder / "fixed.nii.gz"), str(folder / "moving.nii.gz"), "--model",
                  "my-registration", "--out-transform", str(folder / "field.nii.gz"), "--progress", "none"]) == 0
     assert (folder / "field.nii.gz").is_file()
+    centre = read_image(image).index_to_ras() @ [12.0, 12.0, 10.0, 1.0]  # voxel (i, j, k), in RAS
+    (folder / "click.json").write_text(json.dumps([{"kind": "point", "points": [list(centre[:3])]}]))
+    assert main(["interact", image, "my-promptable", str(folder / "click.json"), str(folder / "object.nii.gz"),
+                 "--progress", "none"]) == 0
+    assert read_image(folder / "object.nii.gz").same_grid(read_image(image))
 
 
 def test_a_library_model_of_another_task_is_refused_by_each_command(task_models, capsys):
@@ -138,7 +144,8 @@ REQUIRED = {"SegmentRequest": {"input": "in.nii.gz", "output": "out.nii.gz"},
             "RegisterRequest": {"fixed": "f.nii.gz", "moving": "m.nii.gz", "out_transform": "t.nii.gz"},
             "InstallRequest": {"model_id": "x"}, "ImportRequest": {"path": "p.pt"},
             "FillRequest": {"image": "i.nii.gz", "painted": "p.nii.gz", "output": "o.nii.gz"},
-            "SegmentBatchRequest": {"batch": "cases.csv", "out": "results"}}
+            "SegmentBatchRequest": {"batch": "cases.csv", "out": "results"},
+            "InteractRequest": {"image": "i.nii.gz", "model": "m", "prompts": "p.json", "output": "o.nii.gz"}}
 
 
 def test_every_request_builds_a_command_the_parser_reads_back_with_the_same_defaults():
