@@ -37,6 +37,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                             "folder under the system's temporary folder)")
     serve.add_argument("--result-ttl-s", type=number_in(0, 10**8, low_open=True), default=3600.0,
                        help="results not fetched, and uploads not used, are removed after this many seconds")
+    serve.add_argument("--session-idle-s", type=number_in(0, 10**8, low_open=True), default=900.0,
+                       help="an interactive (promptable) session with no interaction for this many seconds is closed "
+                            "and its worker's memory freed")
     serve.add_argument("--allow-model-uploads", action="store_true",
                        help="let clients send their own models (never trusted to run code)")
     serve.add_argument("--allow-model-import", action="store_true",

@@ -9,6 +9,9 @@ Stdout carries only the protocol: whatever a command prints goes to stderr. As e
 worker writes `JOB_MARKER + ID` on stderr, so a client can tell which job wrote which stderr lines.
 A line that is not a request (not a JSON object with "argv", a list of strings) is answered with an
 error event of kind "ProtocolError" (exit_code 2) and the worker serves the next line.
+
+{"job": ID, "release": [PATH, ...]} is no command: it drops the remembered interactive sessions (`interact`) that
+read one of those files, when a server closes a session, and answers done with {"released": N}.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any, Optional
 from ..errors import MeddlError
 from ..progress import JsonLinesProgress
 from ..protocol import JOB_MARKER
+from . import interact
 from .parser import build_parser
 from .reporting import run_reported
 
@@ -103,6 +107,15 @@ def handle(request: Any, protocol: JsonLinesProgress) -> None:
         protocol.emit("error", kind="InternalError", message=f"the command exited ({error.code})", exit_code=1)
 
 
+def release(request: dict, protocol: JsonLinesProgress) -> None:
+    """Drop the interactive sessions reading the files a release message lists."""
+    files = request["release"]
+    if not isinstance(files, list) or not all(isinstance(item, str) for item in files):
+        protocol.emit("error", kind="ProtocolError", message='"release" must be a list of file paths', exit_code=2)
+        return
+    protocol.emit("done", released=interact.release(files))
+
+
 def serve(stdin=None, stdout=None) -> int:
     """Serve requests from `stdin` (default: this process's) until it ends; events go to `stdout`."""
     from ..models import loading  # loads torch: the worker's first job would anyway
@@ -126,7 +139,10 @@ def serve(stdin=None, stdout=None) -> int:
             continue
         protocol = JsonLinesProgress(out, job=job)
         try:
-            handle(request, protocol)
+            if isinstance(request, dict) and "release" in request:
+                release(request, protocol)
+            else:
+                handle(request, protocol)
         except Exception as error:  # a bug: still one answer, and the worker goes on
             protocol.emit("error", kind="InternalError", message=f"unexpected error: {error!r}", exit_code=1)
     return 0

@@ -9,13 +9,15 @@ The server:
 - `prepare`: a checked job's folder and command line (`build_job`).
 - `hiding`: server paths turned into the tokens a client sees.
 - `jobs`: the jobs' states and the queue; `worker`: the `meddl worker` processes that run them.
-- `app`: the HTTP API (FastAPI, imported only when a server is created: the `server` extra).
+- `sessions`: interactive sessions, kept by one worker across a client's jobs; `session_routes` their HTTP routes.
+- `app`: the HTTP API (FastAPI, imported only when a server is created: the `server` extra); `answers` its replies.
 
 The client (standard library only):
 - `client`: `ServerClient`, which runs a request on a server as if it ran here.
 - `transport`: its HTTP, the JSON answers and the errors they become.
 - `exchange`: the mapping between local paths and the server's `upload:ID` and `file:...` tokens.
 - `sending`: what a local input is uploaded as (folders and model files zipped).
+- `interactive`: `RemoteInteractiveSession`, an interactive segmentation session kept open on a server.
 
 docs/SERVER.md describes the API.
 """

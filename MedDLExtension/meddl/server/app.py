@@ -3,7 +3,8 @@
 Every endpoint needs `Authorization: Bearer <key>`. A client uploads its input files (PUT /v1/uploads), submits
 a worker request by name with its fields (POST /v1/jobs), follows the job's events, downloads the files it
 wrote and releases it. The server builds the request dataclass itself (`plan` checks the job, `prepare` makes
-its folder); `jobs` queues it and `worker` runs it. docs/SERVER.md describes the API.
+its folder); `jobs` queues it and `worker` runs it. Interactive sessions (`sessions`, `session_routes`) keep a
+client's promptable segmentation on one worker across its jobs. docs/SERVER.md describes the API.
 
 FastAPI is imported inside the functions that need it (the `server` extra): the command line works without it.
 This module deliberately has no `from __future__ import annotations`: FastAPI reads the handlers' annotations.
@@ -12,27 +13,30 @@ This module deliberately has no `from __future__ import annotations`: FastAPI re
 import collections
 import contextlib
 import dataclasses
-import json
 import math
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from .. import __version__
 from ..errors import MeddlError
 from ..protocol import Request
+from .answers import answer, error, json_body, not_found, owner_of, refused
 from .jobs import FINISHED, Job, JobService, TooManyJobs
 from .keys import Authenticate, KeyRing
-from .plan import plan_job, request_types
+from .plan import JobPlan, plan_job, request_types
 from .prepare import build_job
+from .session_routes import add_session_routes
+from .sessions import Session, SessionGone, SessionStore
 from .settings import ServerSettings, model_list
-from .uploads import PartialUpload, TooManyUploads, UploadStore, UploadTooLarge
+from .uploads import PartialUpload, Upload, UploadStore
 from .workdir import WorkDir
 from .worker import worker_environment
 
-MAX_JOB_BODY = 1 << 20  # a job's JSON
 MAX_WAIT_S = 30.0
+POLL_FIRST_S, POLL_LAST_S = 0.004, 0.05  # a long poll looks at its job again after these pauses (doubling)
 MAX_PENDING_UPLOADS = 256  # uploads per key not yet taken by a job
 UPLOAD_IDLE_S = 120.0  # an upload that receives nothing for this long is dropped (408)
 MISSING_EXTRA = 'the MedDL server needs FastAPI and uvicorn: pip install "meddl[server]"'
@@ -54,6 +58,7 @@ class Server:
     uploads: UploadStore
     jobs: JobService
     registry: dict[str, type[Request]]
+    sessions: SessionStore
     stopping: threading.Event = dataclasses.field(default_factory=threading.Event)
     preparing: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # jobs being built
     _preparing_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
@@ -67,15 +72,21 @@ class Server:
             uploads = UploadStore(work.uploads, settings.max_upload_bytes, settings.result_ttl_s)
             jobs = JobService(work, settings.workers, settings.max_jobs_per_key, settings.result_ttl_s,
                               worker_environment(settings.models_dir))
-            return cls(settings, keys, work, uploads, jobs, request_types())
+            registry = request_types()
+            return cls(settings, keys, work, uploads, jobs, registry,
+                       SessionStore(settings, work, uploads, jobs, registry))
         except BaseException:
             work.close()
             raise
 
     def submit(self, owner: str, data: Any) -> tuple[Job, int]:
         """Check, prepare and queue a job; the job and its position in the queue when it was queued. A job being
-        prepared (its zips unpacked) counts against the key's limit as a queued one does."""
+        prepared (its zips unpacked) counts against the key's limit as a queued one does. A job of an interactive
+        session (`"session": ID`) takes the fields its session fixed."""
         plan = plan_job(self.settings, self.registry, data)
+        session = None
+        if data.get("session") is not None:
+            session = self.sessions.for_job(owner, data["session"], plan, data.get("fields", {}))
         with self._preparing_lock:
             if self.jobs.active_jobs(owner) + self.preparing[owner] >= self.settings.max_jobs_per_key:
                 raise TooManyJobs(f"this key already has {self.settings.max_jobs_per_key} jobs queued or running, "
@@ -84,12 +95,7 @@ class Server:
         try:
             claimed = self.uploads.claim(owner, plan.upload_ids)
             try:
-                job = build_job(self.settings, plan, claimed, self.work, owner)
-                try:
-                    position = self.jobs.submit(job)
-                except BaseException:
-                    shutil.rmtree(job.folder, ignore_errors=True)
-                    raise
+                job, position = self._queue(plan, claimed, owner, session)
             except BaseException:
                 self.uploads.unclaim(claimed)
                 raise
@@ -101,12 +107,28 @@ class Server:
         self.uploads.consume(claimed)
         return job, position
 
+    def _queue(self, plan: JobPlan, claimed: list[Upload], owner: str, session: Optional[Session]) -> tuple[Job, int]:
+        """The job's folder made and the job queued; a session's job only while its session is open."""
+        with session.lock if session is not None else contextlib.nullcontext():
+            if session is not None and session.closed:
+                raise SessionGone("the session was closed")
+            job = build_job(self.settings, plan, claimed, self.work, owner, session)
+            try:
+                position = self.jobs.submit(job)
+            except BaseException:
+                shutil.rmtree(job.folder, ignore_errors=True)
+                raise
+            if session is not None:
+                session.used = time.monotonic()
+        return job, position
+
     def janitor(self, stop: threading.Event) -> None:
-        """Remove what expired, a few times per time to live (at most every 30 s)."""
-        period = max(0.2, min(self.settings.result_ttl_s / 4, 30.0))
+        """Remove what expired, a few times per time to live or session idle time (at most every 30 s)."""
+        period = max(0.2, min(self.settings.result_ttl_s / 4, self.settings.session_idle_s / 4, 30.0))
         while not stop.wait(period):
             self.uploads.expire()
             self.jobs.expire()
+            self.sessions.expire()
 
 
 def uvicorn_server(app, **options):
@@ -142,6 +164,7 @@ def create_app(settings: ServerSettings):
     _add_upload_routes(app, server)
     _add_job_routes(app, server)
     _add_result_routes(app, server)
+    add_session_routes(app, server.sessions)
     return app
 
 
@@ -167,44 +190,6 @@ def _lifespan(server: Server):
     return lifespan
 
 
-# ---- answers
-
-
-def _answer(content: dict, status: int = 200, headers: Optional[dict[str, str]] = None):
-    from fastapi.responses import JSONResponse
-
-    return JSONResponse(content, status_code=status, headers=headers)
-
-
-def _error(status: int, detail: str, headers: Optional[dict[str, str]] = None, **extra: Any):
-    return _answer({"detail": detail, **extra}, status, headers)
-
-
-def _error_body(error: MeddlError) -> dict[str, Any]:
-    return {"detail": str(error), "kind": type(error).__name__, "exit_code": error.exit_code}
-
-
-def _refused(problem: MeddlError):
-    """The answer to a request the server refuses: 429 for a key at its limit, 413 for an upload too large, else
-    400; with the error's kind and exit code."""
-    if isinstance(problem, TooManyJobs):
-        return _answer(_error_body(problem), 429, {"Retry-After": "2"})
-    if isinstance(problem, TooManyUploads):
-        return _answer(_error_body(problem), 429, {"Retry-After": "10"})
-    if isinstance(problem, UploadTooLarge):
-        return _answer(_error_body(problem), 413, {"Connection": "close"})
-    return _answer(_error_body(problem), 400)
-
-
-def _not_found():
-    return _error(404, "not found")
-
-
-def _owner(request) -> str:
-    """The owner of the key a request came with (`Authenticate` put it there)."""
-    return request.state.owner
-
-
 # ---- the routes
 
 
@@ -227,38 +212,38 @@ def _add_upload_routes(app, server: Server) -> None:
 
     @app.put("/v1/uploads")
     async def upload(request: Request):
-        owner = _owner(request)
+        owner = owner_of(request)
         length = request.headers.get("content-length")
         try:
             declared = int(length) if length is not None else None
         except ValueError:
-            return _error(400, "Content-Length is not a number")
+            return error(400, "Content-Length is not a number")
         try:
             partial = server.uploads.open(owner, request.headers.get("x-meddl-suffix", ""), declared,
                                           MAX_PENDING_UPLOADS)
         except MeddlError as problem:
-            return _refused(problem)
+            return refused(problem)
         try:
             if not await _receive(request, partial):
                 partial.discard()
-                return _error(408, f"the upload stalled: nothing arrived for {UPLOAD_IDLE_S:g} s", kind="InputError",
-                              exit_code=3, headers={"Connection": "close"})
+                return error(408, f"the upload stalled: nothing arrived for {UPLOAD_IDLE_S:g} s", kind="InputError",
+                             exit_code=3, headers={"Connection": "close"})
             done = partial.finish()
         except ClientDisconnect:
             partial.discard()
-            return _error(400, "the client disconnected")
+            return error(400, "the client disconnected")
         except MeddlError as problem:
             partial.discard()
-            return _refused(problem)
+            return refused(problem)
         except BaseException:  # the server stopping, a full disk: nothing is left behind
             partial.discard()
             raise
-        return _answer({"upload": done.id, "size": done.size}, 201)
+        return answer({"upload": done.id, "size": done.size}, 201)
 
     @app.delete("/v1/uploads/{upload_id}")
     def remove_upload(request: Request, upload_id: str):
-        if not server.uploads.remove(_owner(request), upload_id):
-            return _not_found()
+        if not server.uploads.remove(owner_of(request), upload_id):
+            return not_found()
         return {"upload": upload_id, "removed": True}
 
 
@@ -286,47 +271,41 @@ def _add_job_routes(app, server: Server) -> None:
 
     @app.post("/v1/jobs")
     async def submit(request: Request):
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_JOB_BODY:
-                return _error(413, "the job's JSON is too large")
         try:
-            data = json.loads(body)
-        except (ValueError, RecursionError):
-            return _error(400, "the body is not JSON", kind="InputError", exit_code=3)
-        try:
-            job, position = await run_in_threadpool(server.submit, _owner(request), data)
+            data = await json_body(request)
+            job, position = await run_in_threadpool(server.submit, owner_of(request), data)
         except MeddlError as problem:
-            return _refused(problem)
-        return _answer({"job": job.id, "state": "queued", "position": position}, 202)
+            return refused(problem)
+        return answer({"job": job.id, "state": "queued", "position": position}, 202)
 
     @app.get("/v1/jobs/{job_id}")
     def status(request: Request, job_id: str):
-        job = server.jobs.get(_owner(request), job_id)
-        return _not_found() if job is None else server.jobs.status(job)
+        job = server.jobs.get(owner_of(request), job_id)
+        return not_found() if job is None else server.jobs.status(job)
 
     @app.get("/v1/jobs/{job_id}/events")
     async def events(request: Request, job_id: str, after: int = 0, wait: float = 0.0):
-        job = server.jobs.get(_owner(request), job_id)
+        job = server.jobs.get(owner_of(request), job_id)
         if job is None:
-            return _not_found()
+            return not_found()
         if after < 0 or not math.isfinite(wait) or wait < 0:
-            return _error(400, "after and wait must be non-negative")
+            return error(400, "after and wait must be non-negative")
         import asyncio  # see _receive
 
         deadline = asyncio.get_running_loop().time() + min(wait, MAX_WAIT_S)
+        pause = POLL_FIRST_S  # short at first: an interactive job's next event often follows within milliseconds
         while True:
             found, following, state = server.jobs.events_after(job, after)
             if (found or state in FINISHED or server.stopping.is_set()
                     or asyncio.get_running_loop().time() >= deadline):
                 return {"events": found, "next": following, "state": state}
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, POLL_LAST_S)
 
     @app.delete("/v1/jobs/{job_id}")
     def cancel(request: Request, job_id: str):
-        state = server.jobs.cancel(_owner(request), job_id)
-        return _not_found() if state is None else {"job": job_id, "state": state}
+        state = server.jobs.cancel(owner_of(request), job_id)
+        return not_found() if state is None else {"job": job_id, "state": state}
 
 
 def _add_result_routes(app, server: Server) -> None:
@@ -336,30 +315,30 @@ def _add_result_routes(app, server: Server) -> None:
 
     @app.get("/v1/jobs/{job_id}/result")
     def result(request: Request, job_id: str):
-        job = server.jobs.get(_owner(request), job_id)
+        job = server.jobs.get(owner_of(request), job_id)
         if job is None:
-            return _not_found()
+            return not_found()
         if job.state != "done":
-            return _error(409, f"the job is {job.state}, not done", state=job.state)
+            return error(409, f"the job is {job.state}, not done", state=job.state)
         if job.released:
-            return _error(410, "the job's files were released", state=job.state)
+            return error(410, "the job's files were released", state=job.state)
         return {"result": job.result, "files": list(job.files)}
 
     @app.get("/v1/jobs/{job_id}/files/{path:path}")
     def file(request: Request, job_id: str, path: str):
-        job = server.jobs.get(_owner(request), job_id)
+        job = server.jobs.get(owner_of(request), job_id)
         if job is None or job.state != "done" or job.released or path not in job.files:
-            return _not_found()
+            return not_found()
         target = job.folder / "out" / path
         if not target.is_file():
-            return _not_found()
+            return not_found()
         return FileResponse(target, media_type="application/octet-stream")
 
     @app.post("/v1/jobs/{job_id}/release")
     def release(request: Request, job_id: str):
-        state = server.jobs.release(_owner(request), job_id)
+        state = server.jobs.release(owner_of(request), job_id)
         if state is None:
-            return _not_found()
+            return not_found()
         if state not in FINISHED:
-            return _error(409, f"the job is {state}: cancel it with DELETE", state=state)
+            return error(409, f"the job is {state}: cancel it with DELETE", state=state)
         return {"job": job_id, "state": state, "released": True}

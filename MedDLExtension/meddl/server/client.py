@@ -6,7 +6,8 @@ the output paths the request names (each file whole: written under a temporary n
 every download is complete), releases the server's copy and returns the request's result with local paths.
 A failed job raises the error class the local command would (InputError, ModelError, ... with the same
 message and exit code); a cancelled one raises JobCancelled; a server that stops answering raises
-ServerUnavailable.
+ServerUnavailable. `open_session` and `run(..., session=...)` keep an interactive session on the server
+(`meddl.server.interactive` wraps them for front ends).
 
 It uses only the standard library (http.client, ssl), so that it runs in Slicer's Python and in any
 installation of the engine without further packages (Slicer ships `requests`, a pip installation of meddl
@@ -24,6 +25,7 @@ import os
 import secrets
 import time
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -43,6 +45,20 @@ class JobCancelled(MeddlError):
     """The job was cancelled (by the caller, or by the server stopping); nothing was written."""
 
     exit_code = 130
+
+
+class SessionExpired(ServerError):
+    """The server no longer has the interactive session (closed, idle too long, or the server restarted)."""
+
+
+@dataclass(frozen=True)
+class SessionRef:
+    """An interactive session open on a server: its id, and the local paths of the inputs it holds by their
+    upload ids (how messages naming them are read here)."""
+
+    id: str
+    inputs: dict[str, Path]
+    stems: dict[str, str]
 
 
 class ServerClient(Transport):
@@ -101,6 +117,36 @@ class ServerClient(Transport):
         with contextlib.suppress(MeddlError):
             self._call("DELETE", f"/v1/uploads/{urllib.parse.quote(upload_id)}", expect=(200, 404))
 
+    def open_session(self, request: Request, progress: Optional[Progress] = None) -> SessionRef:
+        """Upload the inputs an interactive session of `request`'s type fixes (its `session_fields`: the image,
+        the model, ...) once, and open the session; its jobs are `run(request, session=...)`."""
+        fixed = set(getattr(type(request), "session_fields", ()))
+        if not fixed:
+            raise ServerError(f"{type(request).__name__} has no interactive sessions")
+        self.health()
+        exchange, temporary, uploaded = Exchange(), [], []
+        try:
+            fields = self._fields(request, exchange, temporary, uploaded, progress or no_progress, lambda: False, fixed)
+            payload = {"command": request.command, "request": type(request).__name__, "fields": fields}
+            status, answer, _ = self._exchange("POST", "/v1/sessions", json.dumps(payload).encode("utf-8"),
+                                               {"Content-Type": "application/json"})
+            if status != 201:
+                raise self._refusal(status, answer, exchange.localize)
+            if not isinstance(answer.get("session"), str):
+                raise self._not_api("a session without its id")
+            uploaded = []  # the session has them now
+            return SessionRef(answer["session"], dict(exchange.inputs), dict(exchange.stems))
+        finally:
+            for upload_id in uploaded:
+                self.delete_upload(upload_id)
+            for path in temporary:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
+    def close_session(self, session_id: str) -> None:
+        """Close an interactive session: the server forgets it and removes its files (nothing if it is gone)."""
+        self._call("DELETE", f"/v1/sessions/{urllib.parse.quote(session_id)}", expect=(200, 404))
+
     def cancel(self, job_id: str) -> None:
         """Cancel a job and remove its files on the server (nothing happens when it is gone)."""
         self._call("DELETE", f"/v1/jobs/{urllib.parse.quote(job_id)}", expect=(200, 404))
@@ -108,20 +154,26 @@ class ServerClient(Transport):
     # ---- running a request
 
     def run(self, request: Request, progress: Optional[Progress] = None,
-            cancelled: Optional[Callable[[], bool]] = None) -> Result:
-        """Run `request` on the server: upload, submit, follow, download, release; the local-path result."""
+            cancelled: Optional[Callable[[], bool]] = None, session: Optional[SessionRef] = None) -> Result:
+        """Run `request` on the server: upload, submit, follow, download, release; the local-path result. In an
+        open `session`, the fields the session fixed are not sent (SessionExpired when the server lost it)."""
         if not request.remote:
             raise ServerError(f"{type(request).__name__} runs only on this computer, not on a server")
         progress = progress or no_progress
         is_cancelled = cancelled or (lambda: False)
         self.health()
         exchange = Exchange()
+        names = None
+        if session is not None:
+            exchange.inputs.update(session.inputs)
+            exchange.stems.update(session.stems)
+            names = set(_request_fields(request)) - set(getattr(type(request), "session_fields", ()))
         temporary: list[Path] = []
         uploaded: list[str] = []
         job_id = None
         try:
-            fields = self._fields(request, exchange, temporary, uploaded, progress, is_cancelled)
-            job_id = self._submit(request, fields, exchange, progress, is_cancelled)
+            fields = self._fields(request, exchange, temporary, uploaded, progress, is_cancelled, names)
+            job_id = self._submit(request, fields, exchange, progress, is_cancelled, session)
             uploaded = []  # the job has them now
             state = self._follow(job_id, exchange, progress, is_cancelled, 1.0 if cancelled else 10.0)
             if state == "failed":
@@ -159,9 +211,11 @@ class ServerClient(Transport):
             raise JobCancelled("cancelled; the server's job and its files were removed")
 
     def _fields(self, request: Request, exchange: Exchange, temporary: list[Path], uploaded: list[str],
-                progress: Progress, is_cancelled: Callable[[], bool]) -> dict[str, Any]:
-        """The request's fields as the server takes them: inputs uploaded, outputs as plain names."""
-        fields = {field: value for field, value in _request_fields(request).items()}
+                progress: Progress, is_cancelled: Callable[[], bool],
+                names: Optional[set[str]] = None) -> dict[str, Any]:
+        """The request's fields (those in `names`, when given) as the server takes them: inputs uploaded,
+        outputs as plain names."""
+        fields = {field: value for field, value in _request_fields(request).items() if names is None or field in names}
         sent: dict[Path, str] = {}
 
         def send(local: str) -> str:
@@ -193,9 +247,9 @@ class ServerClient(Transport):
         return fields
 
     def _submit(self, request: Request, fields: dict[str, Any], exchange: Exchange, progress: Progress,
-                is_cancelled: Callable[[], bool]) -> str:
-        payload = json.dumps({"command": request.command, "request": type(request).__name__,
-                              "fields": fields}).encode("utf-8")
+                is_cancelled: Callable[[], bool], session: Optional[SessionRef] = None) -> str:
+        job = {"command": request.command, "request": type(request).__name__, "fields": fields}
+        payload = json.dumps({**job, "session": session.id} if session is not None else job).encode("utf-8")
         deadline = time.monotonic() + self.busy_wait_s
         told = False
         while True:
@@ -206,6 +260,9 @@ class ServerClient(Transport):
                 if not isinstance(answer.get("job"), str):
                     raise self._not_api("a job without its id")
                 return answer["job"]
+            if status == 404 and session is not None:
+                raise SessionExpired(f"the MedDL server at {self.url} no longer has the interactive session (it was "
+                                     "closed, idle too long, or the server restarted)")
             if status != 429 or time.monotonic() > deadline:
                 raise self._refusal(status, answer, exchange.localize)
             if not told:
@@ -328,4 +385,5 @@ def _name_outputs(request: Request, fields: dict[str, Any], exchange: Exchange) 
         fields[field] = names[0] if isinstance(value, (str, os.PathLike)) else names
 
 
-__all__ = ["JobCancelled", "RemoteError", "ServerClient", "ServerError", "ServerUnavailable", "remote_error"]
+__all__ = ["JobCancelled", "RemoteError", "ServerClient", "ServerError", "ServerUnavailable", "SessionExpired",
+           "SessionRef", "remote_error"]

@@ -45,8 +45,8 @@ def run_serve(args: argparse.Namespace, progress) -> ServeResult:
         work_dir=Path(args.work_dir).absolute() if args.work_dir else default_work_dir(args.port),
         models_dir=Path(args.models_dir).absolute() if args.models_dir else None,
         max_upload_mb=args.max_upload_mb, max_jobs_per_key=args.max_jobs_per_key, workers=args.workers,
-        result_ttl_s=args.result_ttl_s, allow_model_uploads=args.allow_model_uploads,
-        allow_model_import=args.allow_model_import)
+        result_ttl_s=args.result_ttl_s, session_idle_s=args.session_idle_s,
+        allow_model_uploads=args.allow_model_uploads, allow_model_import=args.allow_model_import)
     app = create_app(settings)  # checks the keys and prepares the work folder before anything listens
     scheme = "https" if args.tls_cert else "http"
     url = f"{scheme}://{args.host}:{args.port}"

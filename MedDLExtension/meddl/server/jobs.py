@@ -1,8 +1,12 @@
 """The jobs of a MedDL server: every job's state, the queue they wait in, and their files' end.
 
-Jobs wait in one queue, in arrival order, for a worker slot (`worker`). A job's files live in its own folder,
-`jobs/<id>/in` (its uploads) and `jobs/<id>/out/<field>` (what it writes); the folder goes when the job fails,
-is cancelled, is released by its client, or expires.
+Jobs wait in one queue, in arrival order, for a worker slot (`worker`). A job of an interactive session
+(`sessions`) runs on its session's slot, before the slot's other jobs; a slot that keeps sessions leaves jobs
+without one to the slots that keep none, when there are such slots (with one worker it runs everything). When a
+session ends, its slot tells its worker to forget it before taking its next job.
+
+A job's files live in its own folder, `jobs/<id>/in` (its uploads) and `jobs/<id>/out/<field>` (what it writes);
+the folder goes when the job fails, is cancelled, is released by its client, or expires.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from ..errors import MeddlError
 from .hiding import hide_paths_in_file, map_strings
@@ -54,6 +58,9 @@ class Job:
     finished: Optional[float] = None
     released: bool = False
     cleaned: threading.Event = field(default_factory=threading.Event)
+    session: Optional[str] = None  # the interactive session it belongs to
+    slot: Optional[int] = None  # the worker slot it must run on (its session's)
+    release_files: list[str] = field(default_factory=list)  # its worker forgets the session of these after it
 
     def hide_paths(self, text: str) -> str:
         for prefix, token in self.replacements:
@@ -86,6 +93,7 @@ class JobService:
         self._condition = threading.Condition()
         self._stopping = False
         self._slots = [WorkerSlot(self, index) for index in range(max(1, workers))]
+        self._sessions_per_slot = [0] * len(self._slots)
 
     # ---- life cycle
 
@@ -194,19 +202,70 @@ class JobService:
             self._remove_files(job)
         return len(old)
 
+    # ---- interactive sessions (`sessions`)
+
+    def assign_slot(self) -> int:
+        """The worker slot for a new session: the one keeping the fewest sessions."""
+        with self._condition:
+            index = min(range(len(self._slots)), key=self._sessions_per_slot.__getitem__)
+            self._sessions_per_slot[index] += 1
+            self._condition.notify_all()  # which slots take jobs of no session changed
+            return index
+
+    def free_session(self, index: int, files: list[str]) -> None:
+        """A session of slot `index` ended: its worker forgets the session of `files` before its next job."""
+        with self._condition:
+            self._sessions_per_slot[index] -= 1
+            self._slots[index].releases += files
+            self._condition.notify_all()
+
+    def session_activity(self, session_id: str) -> tuple[bool, Optional[float]]:
+        """Whether a job of the session is queued or running, and when the last of its jobs ended."""
+        with self._condition:
+            jobs = [job for job in self._jobs.values() if job.session == session_id]
+            ended = [job.finished for job in jobs if job.finished is not None]
+            return any(job.state in ACTIVE for job in jobs), max(ended, default=None)
+
+    def sessions_released(self) -> int:
+        """How many sessions the workers said they forgot since the server started."""
+        return sum(slot.released for slot in self._slots)
+
+    def cancel_session(self, owner: str, session_id: str) -> None:
+        """Cancel the queued and running jobs of a session (it is being closed)."""
+        with self._condition:
+            active = [job.id for job in self._jobs.values() if job.session == session_id and job.state in ACTIVE]
+        for job_id in active:
+            self.cancel(owner, job_id)
+
     # ---- what the worker slots call
 
-    def _next_job(self, slot: WorkerSlot) -> Optional[Job]:
+    def _next_work(self, slot: WorkerSlot) -> Union[Job, list[str], None]:
+        """The slot's next work: the files of ended sessions its worker must forget, else its next job; None when
+        the server stops."""
         with self._condition:
-            while not self._queue and not self._stopping:
+            while not self._stopping:
+                if slot.releases:
+                    files, slot.releases = slot.releases, []
+                    return files
+                job = self._pick(slot)
+                if job is not None:
+                    self._queue.remove(job)
+                    job.state, job.message, job.position = "running", "starting", 0
+                    slot.job = job
+                    self._update_positions()
+                    return job
                 self._condition.wait()
-            if self._stopping:
-                return None
-            job = self._queue.popleft()
-            job.state, job.message, job.position = "running", "starting", 0
-            slot.job = job
-            self._update_positions()
-            return job
+            return None
+
+    def _pick(self, slot: WorkerSlot) -> Optional[Job]:
+        """Under the lock: the first job of a session this slot keeps; else the first job of no slot, unless this
+        slot keeps sessions and another keeps none (that one takes it, and this one stays free for its sessions)."""
+        pinned = next((job for job in self._queue if job.slot == slot.index), None)
+        if pinned is not None:
+            return pinned
+        if self._sessions_per_slot[slot.index] and min(self._sessions_per_slot) == 0:
+            return None
+        return next((job for job in self._queue if job.slot is None), None)
 
     def _progress(self, job: Job, event: dict[str, Any]) -> None:
         with self._condition:
@@ -277,6 +336,7 @@ class JobService:
     def _slot_finished(self, slot: WorkerSlot, job: Job) -> None:
         with self._condition:
             slot.job = None
+            slot.releases += job.release_files
             cancelled = job.state == "cancelled"
         if cancelled:
             self._remove_files(job)

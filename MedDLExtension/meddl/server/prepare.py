@@ -8,19 +8,25 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..errors import InputError, ModelError
-from ..models.formats import MODEL_SUFFIXES, is_bundle, nnunet_results_folder
+from ..models.formats import MODEL_SUFFIXES, is_bundle, is_promptable_folder, nnunet_results_folder
+from ..protocol import Request
 from .jobs import Job
 from .plan import JobPlan
 from .settings import ServerSettings, server_folders
 from .uploads import Upload, extract_zip
 from .workdir import WorkDir
 
+if TYPE_CHECKING:
+    from .sessions import Session
 
-def build_job(settings: ServerSettings, plan: JobPlan, uploads: list[Upload], work: WorkDir, owner: str) -> Job:
-    """The job's folder with its inputs (zips unpacked) and output folders, and its command line."""
+
+def build_job(settings: ServerSettings, plan: JobPlan, uploads: list[Upload], work: WorkDir, owner: str,
+              session: Optional[Session] = None) -> Job:
+    """The job's folder with its inputs (zips unpacked) and output folders, and its command line; a job of a
+    `session` takes the session's fixed fields (its files stay where the session keeps them)."""
     job_id = secrets.token_urlsafe(24)
     folder = work.jobs / job_id
     folder.mkdir(mode=0o700)
@@ -28,10 +34,13 @@ def build_job(settings: ServerSettings, plan: JobPlan, uploads: list[Upload], wo
         (folder / "in").mkdir(mode=0o700)
         (folder / "out").mkdir(mode=0o700)
         replacements: list[tuple[str, str]] = []  # server path prefix -> what the client sees
-        paths = _place_inputs(settings, uploads, folder, replacements)
+        paths = place_inputs(settings, uploads, folder, replacements)
         values = dict(plan.values)
-        _set_inputs(values, plan, paths)
+        set_inputs(values, plan, paths)
         _set_outputs(values, plan, folder, replacements)
+        if session is not None:
+            values.update(session.values)
+            replacements += session.replacements
         replacements.append((str(folder), "<job folder>"))
         replacements += server_folders(settings, work)
         request_type = plan.request_type
@@ -40,15 +49,25 @@ def build_job(settings: ServerSettings, plan: JobPlan, uploads: list[Upload], wo
         except (TypeError, ValueError) as error:
             raise InputError(f"{request_type.__name__}: {error}") from None
         replacements.sort(key=lambda pair: len(pair[0]), reverse=True)
-        return Job(job_id, owner, request_type.__name__, argv, folder, replacements)
+        placement = ({"session": session.id, "slot": session.slot} if session is not None
+                     else {"release_files": _one_off_session(request_type, values)})
+        return Job(job_id, owner, request_type.__name__, argv, folder, replacements, **placement)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
 
 
-def _place_inputs(settings: ServerSettings, uploads: list[Upload], folder: Path,
-                  replacements: list[tuple[str, str]]) -> dict[str, Path]:
-    """Each upload in the job's `in` folder (a zip unpacked, a file linked or copied): its path by upload id."""
+def _one_off_session(request_type: type[Request], values: dict[str, Any]) -> list[str]:
+    """The files a worker remembers a session by, for a request that has sessions run without one: the worker is
+    told to forget that session once the job ends (its files are gone, it can never be used again)."""
+    fixed = getattr(request_type, "session_fields", ())
+    return [values[key] for key in request_type.file_inputs if key in fixed and isinstance(values.get(key), str)]
+
+
+def place_inputs(settings: ServerSettings, uploads: list[Upload], folder: Path,
+                 replacements: list[tuple[str, str]]) -> dict[str, Path]:
+    """Each upload in `folder`/in, a job's or a session's (a zip unpacked, a file linked or copied):
+    its path by upload id."""
     paths: dict[str, Path] = {}
     for upload in uploads:
         if upload.suffix == ".zip":
@@ -66,7 +85,7 @@ def _place_inputs(settings: ServerSettings, uploads: list[Upload], folder: Path,
     return paths
 
 
-def _set_inputs(values: dict[str, Any], plan: JobPlan, paths: dict[str, Path]) -> None:
+def set_inputs(values: dict[str, Any], plan: JobPlan, paths: dict[str, Path]) -> None:
     """The inputs' (and an uploaded model's) `upload:ID` references replaced by their paths in the job's folder."""
     for key in plan.request_type.file_inputs:
         value = values.get(key)
@@ -91,9 +110,13 @@ def _set_outputs(values: dict[str, Any], plan: JobPlan, folder: Path, replacemen
         values[key] = str(place / value) if isinstance(value, str) else tuple(str(place / v) for v in value)
 
 
+def _is_model_folder(folder: Path) -> bool:
+    return is_bundle(folder) or nnunet_results_folder(folder) is not None or is_promptable_folder(folder)
+
+
 def _unpacked_model(folder: Path) -> Optional[Path]:
     """The model file an unpacked zip holds when it holds one model file (and its .json card) and nothing else."""
-    if is_bundle(folder) or nnunet_results_folder(folder) is not None:
+    if _is_model_folder(folder):
         return None
     entries = list(folder.iterdir())
     models = [path for path in entries if path.is_file() and path.suffix.lower() in MODEL_SUFFIXES]
@@ -104,6 +127,7 @@ def _unpacked_model(folder: Path) -> Optional[Path]:
 
 
 def _check_model_upload(path: Path) -> None:
-    if path.is_dir() and not (is_bundle(path) or nnunet_results_folder(path) is not None):
-        raise ModelError("a model upload is a zip of a MONAI bundle or nnU-Net results folder, or of one model file "
+    if path.is_dir() and not _is_model_folder(path):
+        raise ModelError("a model upload is a zip of a MONAI bundle, an nnU-Net results folder or an nnInteractive "
+                         "model folder, or of one model file "
                          f"({', '.join(MODEL_SUFFIXES)}) with its .json card")

@@ -33,6 +33,7 @@ class ServerSettings:
     allow_model_uploads: bool = False
     allow_model_import: bool = False
     max_unpacked_mb: Optional[float] = None  # a zip upload's unpacked size (default: 4x the upload limit)
+    session_idle_s: float = 900.0  # an interactive session without a job for this long is closed
 
     @property
     def max_upload_bytes(self) -> int:

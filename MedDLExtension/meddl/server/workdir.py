@@ -1,7 +1,8 @@
 """The server's work folder: its private folder, marked as a MedDL server's and locked against a second server.
 
-It holds `uploads/`, `jobs/<id>/` (each job's inputs and outputs) and `worker/` (the workers' empty current
-folder); what a previous run left is removed when a server starts and everything when it stops.
+It holds `uploads/`, `jobs/<id>/` (each job's inputs and outputs), `sessions/<id>/` (each interactive session's
+inputs) and `worker/` (the workers' empty current folder); what a previous run left is removed when a server
+starts and everything when it stops.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class WorkDir:
             raise WorkDirError(f"another MedDL server uses the work folder {path}: give each server its own "
                                "--work-dir") from None
         self.clean()
-        for name in ("uploads", "jobs", "worker"):
+        for name in ("uploads", "jobs", "sessions", "worker"):
             (path / name).mkdir(mode=0o700)
 
     def clean(self) -> None:
@@ -87,6 +88,10 @@ class WorkDir:
     @property
     def jobs(self) -> Path:
         return self.path / "jobs"
+
+    @property
+    def sessions(self) -> Path:
+        return self.path / "sessions"
 
     @property
     def worker_cwd(self) -> Path:

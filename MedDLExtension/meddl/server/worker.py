@@ -1,8 +1,9 @@
 """The `meddl worker` processes that run a server's jobs, and the slots that feed them.
 
 `--workers N` worker processes (`python -m meddl worker`, the process Slicer runs in the background, started
-with the server's environment) each run one job at a time and keep their loaded models between jobs. Cancelling
-a running job kills its worker's whole process group and its slot starts a fresh one.
+with the server's environment) each run one job at a time and keep their loaded models, and the interactive
+sessions of the jobs they ran, between jobs. Cancelling a running job kills its worker's whole process group and
+its slot starts a fresh one (whose sessions, empty, replay their prompts at their next job).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -93,7 +95,10 @@ class WorkerProcess:
             return list(self._tail)
 
     def submit(self, job: Job) -> None:
-        self.process.stdin.write(json.dumps({"job": job.id, "argv": job.argv}) + "\n")
+        self.send({"job": job.id, "argv": job.argv})
+
+    def send(self, message: dict) -> None:
+        self.process.stdin.write(json.dumps(message) + "\n")
         self.process.stdin.flush()
 
     def events(self):
@@ -129,6 +134,8 @@ class WorkerSlot:
         self.index = index
         self.job: Optional[Job] = None
         self.worker: Optional[WorkerProcess] = None
+        self.releases: list[str] = []  # files of ended sessions its worker must forget (under the service's lock)
+        self.released = 0  # sessions its worker said it forgot
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"meddl-server-slot-{index}")
 
@@ -162,18 +169,40 @@ class WorkerSlot:
     def _run(self) -> None:
         service = self.service
         while True:
-            job = service._next_job(self)
-            if job is None:
+            work = service._next_work(self)
+            if work is None:
                 return
-            try:
-                self._run_job(job)
-            except Exception as error:  # a bug here must not stop the slot: the job fails, the slot goes on
-                log.exception("worker slot %s: job failed unexpectedly", self.index)
-                service._failed(job, "InternalError", f"the server failed to run the job: {error!r}", 1)
-            finally:
-                service._slot_finished(self, job)
+            if isinstance(work, list):
+                self._release(work)
+            else:
+                self._serve(work)
             if not (self.worker and self.worker.alive()):
                 self._fresh_worker()
+
+    def _serve(self, job: Job) -> None:
+        try:
+            self._run_job(job)
+        except Exception as error:  # a bug here must not stop the slot: the job fails, the slot goes on
+            log.exception("worker slot %s: job failed unexpectedly", self.index)
+            self.service._failed(job, "InternalError", f"the server failed to run the job: {error!r}", 1)
+        finally:
+            self.service._slot_finished(self, job)
+
+    def _release(self, files: list[str]) -> None:
+        """Tell the worker to forget the sessions of `files` (a worker that died forgot them already)."""
+        worker = self.worker
+        if worker is None or not worker.alive():
+            return
+        tag = f"release-{secrets.token_hex(8)}"
+        try:
+            worker.send({"job": tag, "release": files})
+        except (OSError, ValueError):
+            return
+        for event in worker.events():
+            if event.get("job") == tag:
+                if event["event"] == "done" and isinstance(event.get("released"), int):
+                    self.released += event["released"]
+                return
 
     def _run_job(self, job: Job) -> None:
         service = self.service

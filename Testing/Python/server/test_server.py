@@ -473,7 +473,7 @@ def test_a_restarted_server_removes_what_a_killed_one_left(start_server, alice, 
     assert list(work.glob("jobs/*/out/output/*")) and list(work.glob("uploads/*"))
     (work / "uploads" / ".partial-abc").write_bytes(b"half")
     second = start_server(work_dir=work, workers=1, allow_model_uploads=False)
-    assert sorted(p.name for p in work.iterdir()) == sorted([MARKER, "jobs", "uploads", "worker"])
+    assert sorted(p.name for p in work.iterdir()) == sorted([MARKER, "jobs", "sessions", "uploads", "worker"])
     assert not list(work.glob("jobs/*")) and not list(work.glob("uploads/*"))
     with http(second, alice) as client:
         assert client.get(f"/v1/jobs/{job['job']}").status_code == 404
