@@ -1,12 +1,16 @@
-"""The MedDL Segment Editor effect (issue 17): the Qt side of `MedDLLib.segment_editor`.
+"""The MedDL Segment Editor effect (issue 17): the Qt side of `MedDLLib.segment_editor` and
+`MedDLLib.interactive_segmentation`.
 
-Two modes: fill the chosen segments between their painted slices (each Fill after the first starts from the
-previous round's network), or segment the source volume with a library model, optionally inside a markups
-ROI. Both run on MedDL's background worker behind a progress bar and Cancel, and end in a preview node; Apply
-writes it through the Segment Editor's own logic (its masking settings, one step of its Undo).
+Three modes: fill the chosen segments between their painted slices (each Fill after the first starts from the
+previous round's network); segment the source volume with a library model, optionally inside a markups ROI; or
+segment the selected segment with a promptable model (nnInteractive, SAM 2) from points, boxes, scribbles and
+lassos placed in the views, each prompt updating the preview. All run on MedDL's background worker behind a
+progress bar and Cancel, and end in a preview node; Apply writes it through the Segment Editor's own logic (its
+masking settings, one step of its Undo).
 
-MedDLLib.segment_editor (and the engine modules it names) is imported after `ensure_dependencies` (see
-`_editorLogic`), so loading the effect at start-up costs nothing and never depends on MedDL's packages.
+MedDLLib.segment_editor and MedDLLib.interactive_segmentation (and the engine modules they name) are imported
+after `ensure_dependencies` (see `_editorLogic`), so loading the effect at start-up costs nothing and never
+depends on MedDL's packages. The promptable mode's panel is MedDLSegmentationLib.prompt_panel.
 Slicer loads this file with `setPythonSource`: the folder name is the module name, the class is
 `SegmentEditorEffect`.
 """
@@ -28,7 +32,8 @@ from MedDLWidgets.job_runner import JobRunner
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 ICON = Path(__file__).resolve().parent.parent / "Resources" / "Icons" / "SegmentEditorMedDL.png"
-MODES = (("fill", "Fill from drawn slices"), ("model", "Segment with a model"))
+MODES = (("fill", "Fill from drawn slices"), ("model", "Segment with a model"), ("prompt", "Promptable model"))
+PROMPT_TASK = "promptable"  # the task of promptable models in the library (meddl.tasks)
 SEGMENT_CHOICES = (("visible", "All visible segments"), ("selected", "Selected segment"))
 MODIFICATION_MODES = ("ModificationModeSet", "ModificationModeAdd", "ModificationModeRemove",
                       "ModificationModeRemoveAll")
@@ -100,6 +105,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.preview = None
         self.previewTarget = None  # the segmentation node the preview was made for
         self.sceneObserver: Optional[int] = None
+        self.prompt = None  # the PromptPanel (promptable mode), made with the options panel
 
     def clone(self):
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
@@ -117,20 +123,26 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                 "small network learns your slices and fills the ones between. Paint more and press Fill again: "
                 "the next round starts from the last network.<p><b>Segment with a model</b>: an installed "
                 "segmentation model of the MedDL library on the source volume, optionally only inside a markups "
-                "ROI, into new segments or into the selected segment.<p>Both show a preview first; Apply writes "
-                "it obeying the editor's masking settings, and one Undo takes it back.</html>")
+                "ROI, into new segments or into the selected segment.<p><b>Promptable model</b>: choose a tool and "
+                "place positive or negative points, a box, a scribble or a lasso in the views: each prompt "
+                "updates the selected segment's preview. Undo last prompt, Reset, or Seed from segment (start "
+                "from the segment as it is).<p>All show a preview first; Apply writes it obeying the editor's "
+                "masking settings, and one Undo takes it back.</html>")
 
     def createCursor(self, widget):
         return slicer.util.mainWindow().cursor  # no painting in the views: the usual cursor
 
     def setMRMLDefaults(self) -> None:
         for name, value in (("Mode", "fill"), ("Segments", "visible"), ("Device", "auto"), ("Model", ""),
-                            ("IntoSelected", "0")):
+                            ("IntoSelected", "0"), ("PromptModel", ""), ("PromptModelPath", ""),
+                            ("PromptNegative", "0")):
             self.scriptedEffect.setParameterDefault(name, value)
 
     # ---- options panel
 
     def setupOptionsFrame(self) -> None:
+        from MedDLSegmentationLib.prompt_panel import PromptPanel  # beside the module that registered this effect
+
         use_models_dir(slicer_models_dir(slicer.app.slicerUserSettingsFilePath))
         self.modeSelector = self._combo(MODES, "What the effect does")
         self.scriptedEffect.addLabeledOptionsWidget("Mode:", self.modeSelector)
@@ -141,6 +153,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.fillButton.clicked.connect(self.onFill)
         fillLayout.addRow(self.fillButton)
         self._setupModelFrame()
+        self.prompt = PromptPanel(self, *self._frame())
         self.deviceSelector = self._combo([(device, device) for device in DEVICE_CHOICES], "Where the network runs")
         self.scriptedEffect.addLabeledOptionsWidget("Device:", self.deviceSelector)
         self._setupProgressAndPreview()
@@ -187,8 +200,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         row.addWidget(self.applyButton)
         row.addWidget(self.discardButton)
         self.scriptedEffect.addOptionsWidget(row)
-        self.runner = JobRunner(self.progressBar, self.statusLabel, self.cancelButton,
-                                lambda running: self._updateButtons())
+        self.runner = JobRunner(self.progressBar, self.statusLabel, self.cancelButton, self._onRunningChanged)
 
     def _combo(self, items, toolTip: str):
         combo = qt.QComboBox()
@@ -206,20 +218,23 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return frame, layout
 
     def refreshModels(self) -> None:
-        """List the installed, usable segmentation models where jobs run (this computer's library, or the MedDL
-        server's of the Compute setting; none, with the reason, when the server cannot be reached)."""
-        try:
-            rows = [row for row in model_rows_for("segmentation", installed_only=True) if not row.broken]
-        except (MeddlError, ValueError) as error:
-            rows = []
-            self.statusLabel.text = f"The server's models cannot be listed: {error}"
-        wasBlocked = self.modelSelector.blockSignals(True)
-        self.modelSelector.clear()
-        for row in rows:
-            self.modelSelector.addItem(row.title or row.id, row.id)
-        if not rows:
-            self.modelSelector.addItem("(no segmentation model installed: see MedDL Segmentation's library)", "")
-        self.modelSelector.blockSignals(wasBlocked)
+        """List the installed, usable segmentation and promptable models where jobs run (this computer's library,
+        or the MedDL server's of the Compute setting; none, with the reason, when the server cannot be reached)."""
+        for selector, task, kind in ((self.modelSelector, "segmentation", "segmentation"),
+                                     (self.prompt.modelSelector, PROMPT_TASK, "promptable")):
+            try:
+                rows = [row for row in model_rows_for(task, installed_only=True) if not row.broken]
+            except (MeddlError, ValueError) as error:
+                rows = []
+                self.statusLabel.text = f"The server's models cannot be listed: {error}"
+            wasBlocked = selector.blockSignals(True)
+            selector.clear()
+            for row in rows:
+                selector.addItem(row.title or row.id, row.id)
+                selector.setItemData(selector.count - 1, row.license, qt.Qt.ToolTipRole)
+            if not rows:
+                selector.addItem(f"(no {kind} model installed: see MedDL Segmentation's library)", "")
+            selector.blockSignals(wasBlocked)
         self.updateGUIFromMRML()
         self.updateMRMLFromGUI()  # a remembered model that is gone is not the one Segment would run
 
@@ -234,11 +249,12 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.intoSelectedCheckBox.checked = self.scriptedEffect.integerParameter("IntoSelected") != 0
         for widget, wasBlocked in zip(widgets, blocked):
             widget.blockSignals(wasBlocked)
-        self._updateButtons()
+        self.prompt.updateGUIFromMRML()
+        self.updateButtons()
 
     def _combos(self) -> list[tuple[Any, str]]:
         return [(self.modeSelector, "Mode"), (self.segmentsSelector, "Segments"), (self.deviceSelector, "Device"),
-                (self.modelSelector, "Model")]
+                (self.modelSelector, "Model"), (self.prompt.modelSelector, "PromptModel")]
 
     def updateMRMLFromGUI(self, *unused) -> None:
         if not self.scriptedEffect.parameterSetNode() or self.runner is None:
@@ -247,23 +263,27 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             if combo.currentIndex >= 0:
                 self.scriptedEffect.setParameter(name, str(combo.itemData(combo.currentIndex) or ""))
         self.scriptedEffect.setParameter("IntoSelected", "1" if self.intoSelectedCheckBox.checked else "0")
+        self.prompt.updateMRMLFromGUI()
         self.scriptedEffect.setNodeReference("ROI", self.roiSelector.currentNode())
-        self._updateButtons()
+        self.updateButtons()
 
-    def _updateButtons(self) -> None:
+    def updateButtons(self) -> None:
         if not self.scriptedEffect.parameterSetNode():
             return
-        running, fill = bool(self.runner and self.runner.running), self.scriptedEffect.parameter("Mode") != "model"
-        self.fillFrame.visible, self.modelFrame.visible = fill, not fill
+        running, mode = bool(self.runner and self.runner.running), self.scriptedEffect.parameter("Mode")
+        self.fillFrame.visible, self.modelFrame.visible = mode not in ("model", "prompt"), mode == "model"
+        self.prompt.updateButtons(mode, running)
         self.fillButton.enabled = not running
         rounds = self.session.rounds if self.session is not None and self.session.state is not None else 0
         self.fillButton.text = f"Fill again (starts from round {rounds})" if rounds else "Fill"
         self.segmentButton.enabled = not running and bool(self.scriptedEffect.parameter("Model"))
-        self.applyButton.enabled = self.discardButton.enabled = self.preview is not None and not running
+        session = self.prompt.prompts if mode == "prompt" else None
+        previewed = (session.preview if session else self.preview) is not None
+        self.applyButton.enabled = self.discardButton.enabled = previewed and not running
 
     # ---- jobs
 
-    def _editorNodes(self) -> Optional[tuple]:
+    def editorNodes(self) -> Optional[tuple]:
         """(segment editor node, segmentation node, source volume), or None after telling the user what is missing."""
         editorNode = self.scriptedEffect.parameterSetNode()
         segmentationNode = editorNode.GetSegmentationNode() if editorNode else None
@@ -273,16 +293,17 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             return None
         return editorNode, segmentationNode, volume
 
-    def _dependenciesReady(self, nnunet: bool = False) -> bool:
-        """The first-use install of MedDL's Python packages, as the MedDL modules offer it."""
-        if ensure_dependencies(lambda message: slicer.util.confirmOkCancelDisplay(message), nnunet):
+    def dependenciesReady(self, **needs: bool) -> bool:
+        """The first-use install of MedDL's Python packages, and of those the model needs (`ensure_dependencies`'s
+        nnunet, nninteractive, sam2), as the MedDL modules offer it."""
+        if ensure_dependencies(lambda message: slicer.util.confirmOkCancelDisplay(message), **needs):
             return True
         self.statusLabel.text = "MedDL's Python packages are not installed."
         return False
 
     def onFill(self) -> None:
-        nodes = self._editorNodes()
-        if nodes is None or not self._dependenciesReady():
+        nodes = self.editorNodes()
+        if nodes is None or not self.dependenciesReady():
             return
         editorNode, segmentationNode, volume = nodes
         if self.scriptedEffect.parameter("Segments") == "selected":
@@ -298,8 +319,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def onSegment(self) -> None:
         from MedDLSegmentation import uses_nnunet  # the module that registered this effect
 
-        nodes, model = self._editorNodes(), self.scriptedEffect.parameter("Model")
-        if nodes is None or not self._dependenciesReady(nnunet=uses_nnunet(model)):
+        nodes, model = self.editorNodes(), self.scriptedEffect.parameter("Model")
+        if nodes is None or not self.dependenciesReady(nnunet=uses_nnunet(model)):
             return
         editorNode, segmentationNode, volume = nodes
         into = None
@@ -326,9 +347,12 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def _onPreview(self, preview, segmentationNode, note: str) -> None:
         self.preview, self.previewTarget = preview, segmentationNode
         self.statusLabel.text = f"Preview ready{note}: Apply writes it into {segmentationNode.GetName()}."
-        self._updateButtons()
+        self.updateButtons()
 
     def onApply(self) -> None:
+        if self.scriptedEffect.parameter("Mode") == "prompt":
+            self.prompt.apply(lambda target: EditorOwnLogic(self.scriptedEffect, target))
+            return
         preview, target = self.preview, self.previewTarget
         editorNode = self.scriptedEffect.parameterSetNode()
         if preview is None or editorNode is None:
@@ -344,9 +368,12 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         except Exception as error:  # noqa: BLE001 - shown to the user; Undo restores what was written
             _editorLogic().discard_preview(preview)
             slicer.util.errorDisplay(f"MedDL: cannot apply the preview: {error}")
-        self._updateButtons()
+        self.updateButtons()
 
     def onDiscard(self) -> None:
+        if self.scriptedEffect.parameter("Mode") == "prompt":
+            self.prompt.reset()
+            return
         self._discardPreview()
         self.statusLabel.text = "Preview discarded; nothing was changed."
 
@@ -355,7 +382,13 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             _editorLogic().discard_preview(self.preview)
         self.preview = self.previewTarget = None
         if self.runner is not None:
-            self._updateButtons()
+            self.updateButtons()
+
+    def _onRunningChanged(self, running: bool) -> None:
+        if self.runner is None:
+            return
+        self.prompt.onRunningChanged(running)
+        self.updateButtons()
 
     # ---- lifecycle
 
@@ -363,11 +396,14 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.refreshModels()  # models may have been installed since
 
     def deactivate(self) -> None:
-        """A running job stops and a pending preview goes; the fill session stays, so after painting more
-        slices with another effect the next Fill still starts from the last round."""
+        """A running job stops and a pending preview goes, with the prompts and their markups; the fill session
+        stays, so after painting more slices with another effect the next Fill still starts from the last round."""
         if self.runner is not None:
             self.runner.cancel()
         self._discardPreview()
+        if self.prompt is not None:
+            self.prompt.close()
+            self.prompt.onPlacingStopped()
 
     def onSceneStartClose(self, caller=None, event=None) -> None:
         self.deactivate()
@@ -390,6 +426,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             _editorLogic().discard_preview(self.preview)
             self.preview = self.previewTarget = None
         self._closeSession()
+        if self.prompt is not None:
+            self.prompt.close()
         if self.sceneObserver is not None:
             slicer.mrmlScene.RemoveObserver(self.sceneObserver)
             self.sceneObserver = None

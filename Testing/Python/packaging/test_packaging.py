@@ -15,7 +15,7 @@ from meddl.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[3]
 EXTENSION = ROOT / "MedDLExtension"
-MODULES = [task.module for task in TASKS.values()]  # one Slicer module per registered task
+MODULES = list(dict.fromkeys(task.module for task in TASKS.values()))  # the Slicer modules that run the tasks
 PACKAGES = {"meddl": "MEDDL_PYTHON", "MedDLLib": "MEDDLLIB_PYTHON", "MedDLWidgets": "MEDDLWIDGETS_PYTHON"}
 
 
