@@ -42,11 +42,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(work: Path, key_file: Path) -> tuple[subprocess.Popen, str]:
+def start_server(work: Path, key_file: Path, *options: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "meddl", "serve", "--host", "127.0.0.1", "--port", str(port),
                                 "--api-key-file", str(key_file), "--work-dir", str(work / "server-work"),
-                                "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                "--workers", "1", *options],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

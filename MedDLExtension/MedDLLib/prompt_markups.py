@@ -17,6 +17,8 @@ import slicer
 from meddl.errors import InputError
 from meddl.image import Image
 
+from .segment_editor import roi_frame
+
 if TYPE_CHECKING:  # see `_prompt`
     from meddl.interactive.session import Prompt
 
@@ -68,16 +70,9 @@ def _positions(ras: np.ndarray) -> tuple[tuple[float, float, float], ...]:
 def box_prompt(roi_node, image: Image, positive: bool = True, flat: bool = False) -> Prompt:
     """The voxels of `image` under a markups ROI (rotated or not) as a box prompt: the corner voxels' centres.
     `flat`: a 2D box on the slice through the ROI's centre, across the volume axis the ROI is thinnest along."""
-    centre, size = np.zeros(3), np.zeros(3)
-    roi_node.GetCenterWorld(centre)
-    roi_node.GetSizeWorld(size)
-    axes = []
-    for getter in (roi_node.GetXAxisWorld, roi_node.GetYAxisWorld, roi_node.GetZAxisWorld):
-        axis = np.zeros(3)
-        getter(axis)
-        axes.append(axis / np.linalg.norm(axis))
+    centre, size, axes = roi_frame(roi_node)
     signs = np.array([[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)])
-    corners = _to_kji(image, centre + (signs * size) @ np.array(axes))
+    corners = _to_kji(image, centre + (signs * size) @ axes)
     low, high = np.floor(corners.min(axis=0) + 0.5), np.floor(corners.max(axis=0) + 0.5)
     if flat:
         across = int(np.argmin(high - low))

@@ -190,12 +190,8 @@ def roi_box(image: Image, roi_node) -> tuple[tuple[int, int, int], tuple[int, in
     return tuple(int(v) for v in low[::-1]), tuple(int(v) for v in high[::-1])
 
 
-def inside_roi(image: Image, roi_node, box) -> np.ndarray:
-    """Which voxels of the (k, j, i) `box` of `image` have their centres inside the (possibly rotated) ROI box."""
-    (k0, j0, i0), (k1, j1, i1) = box
-    k, j, i = np.meshgrid(np.arange(k0, k1), np.arange(j0, j1), np.arange(i0, i1), indexing="ij")
-    lps = image.index_to_lps() @ np.stack([i.ravel(), j.ravel(), k.ravel(), np.ones(i.size)])
-    ras = lps[:3].T * np.array([-1.0, -1.0, 1.0])
+def roi_frame(roi_node) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A markups ROI's centre and size (RAS mm) and its three unit axes (rows), in world coordinates."""
     centre, size = np.zeros(3), np.zeros(3)
     roi_node.GetCenterWorld(centre)
     roi_node.GetSizeWorld(size)
@@ -204,7 +200,17 @@ def inside_roi(image: Image, roi_node, box) -> np.ndarray:
         axis = np.zeros(3)
         getter(axis)
         axes.append(axis / np.linalg.norm(axis))
-    distance = np.abs((ras - centre) @ np.array(axes).T)
+    return centre, size, np.array(axes)
+
+
+def inside_roi(image: Image, roi_node, box) -> np.ndarray:
+    """Which voxels of the (k, j, i) `box` of `image` have their centres inside the (possibly rotated) ROI box."""
+    (k0, j0, i0), (k1, j1, i1) = box
+    k, j, i = np.meshgrid(np.arange(k0, k1), np.arange(j0, j1), np.arange(i0, i1), indexing="ij")
+    lps = image.index_to_lps() @ np.stack([i.ravel(), j.ravel(), k.ravel(), np.ones(i.size)])
+    ras = lps[:3].T * np.array([-1.0, -1.0, 1.0])
+    centre, size, axes = roi_frame(roi_node)
+    distance = np.abs((ras - centre) @ axes.T)
     return np.all(distance <= size / 2 + 1e-6, axis=1).reshape(k.shape)
 
 

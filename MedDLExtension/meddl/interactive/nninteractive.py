@@ -28,7 +28,7 @@ from ..image import Image, check_scalar_volume
 from ..models import nnunet
 from ..models.formats import PROMPTABLE_METADATA
 from . import prompts
-from .session import InteractionResult, PromptSession
+from .session import InteractionResult, PromptSession, seed_mask
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint_final.pth"
@@ -225,13 +225,7 @@ class InteractiveSession(PromptSession):
 
     def seed_with(self, labels: Image | np.ndarray, run_prediction: bool = False) -> InteractionResult:
         """Start again from a label map (e.g. the previous result): clears the prompts; nonzero = object."""
-        image = self._needs_image()
-        array = labels.array if isinstance(labels, Image) else np.asarray(labels)
-        if isinstance(labels, Image) and not image.same_grid(labels):
-            raise InputError("the seed label map is not on the image's grid")
-        if array.shape != image.shape:
-            raise InputError(f"the seed label map has shape {array.shape}, the image {image.shape}")
-        seed = (array != 0).astype(np.uint8)
+        seed = seed_mask(self._needs_image(), labels)
         return self._run(self._session.add_initial_seg_interaction, seed, run_prediction=run_prediction)
 
     def undo(self) -> bool:

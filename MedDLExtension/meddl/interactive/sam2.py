@@ -34,7 +34,7 @@ from ..errors import InputError, ModelError
 from ..image import Image, check_scalar_volume
 from . import prompts, sam2_model
 from .sam2_model import is_sam2_model
-from .session import InteractionResult, PromptSession
+from .session import InteractionResult, PromptSession, seed_mask
 
 __all__ = ["Sam2Session", "is_sam2_model", "window"]
 log = logging.getLogger(__name__)
@@ -268,17 +268,11 @@ class Sam2Session(PromptSession):
         mask on every slice across `axis` that holds object voxels, and propagates to the other slices. `axis`
         (0, 1, 2 for k, j, i) defaults to the one the map is a single slice across, else k; prompts that follow
         must lie across the same axis."""
-        image = self._needs_image()
-        array = labels.array if isinstance(labels, Image) else np.asarray(labels)
-        if isinstance(labels, Image) and not image.same_grid(labels):
-            raise InputError("the seed label map is not on the image's grid")
-        if array.shape != image.shape:
-            raise InputError(f"the seed label map has shape {array.shape}, the image {image.shape}")
+        mask = seed_mask(self._needs_image(), labels).astype(bool)
         if axis is not None and axis not in (0, 1, 2):
             raise InputError(f"a seed's slice axis is 0, 1 or 2 (k, j, i), not {axis!r}")
         start = time.perf_counter()
         self.reset()
-        mask = array != 0
         if mask.any():
             if axis is None:
                 nonzero = np.argwhere(mask)

@@ -114,6 +114,16 @@ def read_prompts(path: str | Path) -> list[Prompt]:
     return prompts_from_json(data)
 
 
+def seed_mask(image: Image, labels: Image | np.ndarray) -> np.ndarray:
+    """A seed label map as a uint8 object mask (nonzero = object) on `image`'s grid; InputError otherwise."""
+    array = labels.array if isinstance(labels, Image) else np.asarray(labels)
+    if isinstance(labels, Image) and not image.same_grid(labels):
+        raise InputError("the seed label map is not on the image's grid")
+    if array.shape != image.shape:
+        raise InputError(f"the seed label map has shape {array.shape}, the image {image.shape}")
+    return (array != 0).astype(np.uint8)
+
+
 class PromptSession(ABC):
     """A promptable model on one image. Families implement the prompt kinds they support (`kinds`)."""
 
