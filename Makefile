@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.meddl-installed
 
-.PHONY: demo test lint benchmark benchmark-classification benchmark-training benchmark-enhancement benchmark-registration benchmark-nnunet benchmark-editor-fill benchmark-batch benchmark-server clean
+.PHONY: demo test lint benchmark benchmark-classification benchmark-training benchmark-enhancement benchmark-registration benchmark-nnunet benchmark-editor-fill benchmark-batch benchmark-server benchmark-interactive clean
 
 $(STAMP): pyproject.toml constraints.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,9 @@ benchmark-batch: $(STAMP)
 
 benchmark-server: $(STAMP)
 	$(PY) benchmarks/server.py
+
+benchmark-interactive: $(STAMP)
+	$(PY) benchmarks/interactive.py
 
 clean:
 	rm -rf $(VENV) demo-output

@@ -89,7 +89,7 @@ def run_engine(method: str, image_path: str, model: str, repeats: int) -> dict:
     from meddl.interactive import prompts as voxel_prompts
     from meddl.io import read_image
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may use
     image = read_image(image_path)
     prompt_list = [Prompt.from_dict(p) for p in prompts(image)]
     baseline = _rss_kib()
