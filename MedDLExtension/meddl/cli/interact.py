@@ -139,14 +139,12 @@ def run_interact(args: argparse.Namespace, progress) -> InteractResult:
         raise InputError(f"{args.prompts} holds no prompts (and no --seed-labels is given): nothing to segment")
     progress(0.0, "opening the model")
     prompted = _prompted_image(args)
-    before = list(prompted.history)
     progress(0.1, f"running {len(prompts)} prompt(s)")
     try:
-        labels, seconds = prompted.bring_to(prompts)
+        labels, seconds, replayed = prompted.bring_to(prompts)
     except Exception:
         _sessions.pop(next((k for k, v in _sessions.items() if v is prompted), None), None)  # unknown state
         raise
-    replayed = bool(before) and prompts[:len(before)] != before and prompts != before[:-1]
     inputs = [args.image, args.prompts] + ([args.seed_labels] if args.seed_labels else [])
     with OutputSet(inputs=inputs) as outputs:
         write_image(labels, outputs.add(args.output, IMAGE_SUFFIXES), not args.no_compress, outputs)

@@ -195,22 +195,24 @@ class PromptedImage:
         if seed is not None:
             session.seed_with(seed)
 
-    def bring_to(self, prompts: Sequence[Prompt]) -> tuple[Image, list[float]]:
-        """The label map after `prompts`, and the seconds each prompt run now took."""
+    def bring_to(self, prompts: Sequence[Prompt]) -> tuple[Image, list[float], bool]:
+        """The label map after `prompts`, the seconds each prompt run now took, and whether the session had to
+        start again from the first prompt (a remembered history that `prompts` neither extends nor undoes)."""
         prompts = list(prompts)
         seconds: list[float] = []
+        replayed = False
         if prompts[:len(self.history)] == self.history:
             new = prompts[len(self.history):]
         elif prompts == self.history[:-1] and self.session.undo():
             self.history = prompts
-            return self.session.labels(), seconds
+            return self.session.labels(), seconds, replayed
         else:
             self.session.reset()
             if self.seed is not None:
                 self.session.seed_with(self.seed)
-            self.history, new = [], prompts
+            self.history, new, replayed = [], prompts, bool(self.history)
         for prompt in new:
             result = self.session.apply(prompt)
             self.history.append(prompt)
             seconds.append(result.seconds)
-        return self.session.labels(), seconds
+        return self.session.labels(), seconds, replayed
