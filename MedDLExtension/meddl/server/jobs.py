@@ -281,6 +281,7 @@ class JobService:
         files = self._output_files(job)
         for relative in files:
             hide_paths_in_file(job.folder / "out" / relative, job.hide_paths)
+        shutil.rmtree(job.folder / "in", ignore_errors=True)  # not needed any more; gone before "done" is seen
         with self._condition:
             if job.state != "running":
                 return
@@ -288,16 +289,18 @@ class JobService:
             job.files = files
             job.fraction = 1.0
             self._finish(job, "done", "done")
-        shutil.rmtree(job.folder / "in", ignore_errors=True)  # the inputs are not needed any more
 
     def _failed(self, job: Job, kind: str, message: str, exit_code: Any) -> None:
+        with self._condition:
+            if job.state != "running":
+                return
+        self._remove_files(job)  # before the state is published: a client that sees "failed" finds nothing left
         with self._condition:
             if job.state != "running":
                 return
             code = exit_code if isinstance(exit_code, int) and not isinstance(exit_code, bool) else 1
             job.error = {"kind": str(kind), "message": job.hide_paths(str(message)), "exit_code": code}
             self._finish(job, "failed", job.error["message"])
-        self._remove_files(job)
 
     def _output_files(self, job: Job) -> list[str]:
         """Every regular file under the job's out folder, as `<field>/<relative path>` (links are not followed)."""
