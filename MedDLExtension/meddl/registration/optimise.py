@@ -22,6 +22,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from ..device import select_compute
 from ..errors import InputError
@@ -48,7 +49,7 @@ class RegistrationSettings:
     device: str = "auto"
     time_budget_s: Optional[float] = None  # shared among the levels by their expected cost
     tolerance: float = 1e-3  # a level stops when 10 steps improve its loss by less than this share; 0: never
-    max_control_voxels: int = 2**19  # the velocity field's grid is no finer than this
+    max_control_voxels: int = 2**20  # the velocity field's grid is no finer than this
 
 
 @dataclass
@@ -214,7 +215,8 @@ class Registration:
             clock, spacing = self.schedule.clocks[len(self.affine_levels) + index], float(np.mean(control.spacing))
             while True:
                 optimiser.zero_grad()
-                displacement = self._displacement(velocity, control, control_points)
+                # recomputed in the backward pass rather than kept: six sampling steps' intermediates per voxel
+                displacement = checkpoint(self._displacement, velocity, control, control_points, use_reentrant=False)
                 moved = affine(points + to_level(displacement).permute(1, 2, 3, 0))
                 loss = (self._similarity(fixed, moving, moving_grid, moved)
                         + self.settings.smoothness * bending(displacement[None] / spacing)
