@@ -3,7 +3,9 @@ in the views update the selected segment's preview, one interaction at a time, o
 
 A `PromptSegmentation` writes the source volume once into a private session folder and keeps that file
 unchanged: every interaction sends the whole prompt history (`meddl interact`), and the worker, which remembers
-its session by that file, runs only the new prompt (or undoes the last one) instead of replaying them all. An
+its session by that file, runs only the new prompt (or undoes the last one) instead of replaying them all. When
+the Compute setting is a MedDL server, the volume and model go up once into an interactive session kept there
+(`compute.ServerSession`, freed by `close()`), and each interaction sends only the prompts. An
 interaction changes the history only when its job succeeded; a failed or cancelled one leaves history, preview
 and segmentation as they were. Prompts placed while an interaction runs wait (`submit`) and run together next.
 `apply` writes the preview through the editor's logic (`apply_preview`: its masking, one undo step). Markups
@@ -25,7 +27,9 @@ from meddl.errors import InputError
 from meddl.image import Image, check_volume
 from meddl.io import read_image, write_image
 from meddl.models import store
+from meddl.models.formats import card_path_for
 
+from .compute import ServerSession, current_compute
 from .jobs import FolderJob, JobFailed, JobState
 from .segment_editor import PREVIEW_ATTRIBUTE, Preview, apply_preview, discard_preview
 from .segmentations import apply_label_map, label_map_from_segment_ids
@@ -62,6 +66,7 @@ class PromptSegmentation:
         self.preview: Optional[Preview] = None
         self.last_result: Optional[InteractResult] = None
         self._job: Optional[InteractionJob] = None
+        self._server: Optional[ServerSession] = None
         self._seeds = 0
 
     @property
@@ -138,9 +143,32 @@ class PromptSegmentation:
         return apply_preview(preview, logic)
 
     def close(self) -> None:
-        """Cancel a running interaction, remove the preview and the session folder."""
+        """Cancel a running interaction, remove the preview and the session folder, free the server's session."""
         self.reset()
+        self._close_server()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    def request(self, prompts_file: str, output: str, seed: Optional[Path]) -> InteractRequest:
+        """The `meddl interact` request of one interaction on this session's volume and model."""
+        return InteractRequest(str(self.image_path), self.model, prompts_file, output, str(seed) if seed else None,
+                               self.device, self.trust_model, compress=False)
+
+    def server_session(self, seed: Optional[Path]) -> Optional[ServerSession]:
+        """The session kept on the Compute setting's server for this volume, model and `seed` (a new one when any
+        of them changed); None on this computer."""
+        compute, template = current_compute(), self.request("", "", seed)
+        if not compute.server_url:
+            self._close_server()
+            return None
+        if self._server is None or not self._server.serves(compute, template):
+            self._close_server()
+            self._server = ServerSession(compute, template)
+        return self._server
+
+    def _close_server(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
 
     def timing(self) -> str:
         """How long the last interaction took, for the status line ("0.8 s")."""
@@ -205,10 +233,8 @@ class InteractionJob(FolderJob):
         except Exception:
             self.clean_up()
             raise
-        request = InteractRequest(str(session.image_path), session.model, str(prompt_file),
-                                  str(self.folder / "labels.nrrd"), str(seed) if seed else None, session.device,
-                                  session.trust_model, compress=False)
-        self._start(request, session.device)
+        request = session.request(str(prompt_file), str(self.folder / "labels.nrrd"), seed)
+        self._start(request, session.device, session.server_session(seed))
 
     def _apply(self, result: InteractResult) -> Preview:
         return self.session._commit(self, read_image(result.labels), result)
@@ -243,13 +269,19 @@ def describe_timing(result: InteractResult) -> str:
 
 
 def model_licence(reference: str) -> str:
-    """The licence of a promptable model found on this computer (a library id, or a folder or checkpoint with a
-    LICENSE file): the file's first line; "" when unknown (the first interaction reports the model's own)."""
+    """The licence of a promptable model found on this computer: a library model's card says it; a folder or
+    checkpoint's LICENSE file (its first line) else; "" when unknown (the first interaction reports the model's
+    own)."""
     try:
         installed = store.installed(reference) if store.ID_PATTERN.match(reference or "") else None
         path = installed.model_path if installed is not None else Path(reference or "")
+        card = card_path_for(path) if installed is not None else None
+        if card is not None and card.is_file():
+            written = json.loads(card.read_text(encoding="utf-8")).get("license")
+            if isinstance(written, str) and written.strip():
+                return written.strip()
         licence = path / "LICENSE" if path.is_dir() else path.parent / "LICENSE"
         lines = licence.read_text(encoding="utf-8", errors="replace").strip().splitlines() if path.exists() else []
-    except (OSError, ValueError, RuntimeError):  # a broken library entry or an odd path
+    except (OSError, ValueError, RuntimeError, AttributeError):  # a broken library entry or card, an odd path
         return ""
     return lines[0].strip() if lines else ""

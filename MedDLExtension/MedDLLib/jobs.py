@@ -338,13 +338,13 @@ class FolderJob(Job):
     def __init__(self, prefix: str) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix=prefix))
 
-    def _start(self, request: Request, device: str | None) -> None:
-        """Run `request` on a worker (or the MedDL server chosen in the Compute setting); if it cannot start, the
-        exported inputs are removed at once."""
+    def _start(self, request: Request, device: str | None, session=None) -> None:
+        """Run `request` on a worker (or the MedDL server chosen in the Compute setting, in its interactive
+        `session` when given); if it cannot start, the exported inputs are removed at once."""
         from .compute import start_engine_job  # compute builds on this module's jobs
 
         try:
-            self.engine = start_engine_job(request, device)
+            self.engine = start_engine_job(request, device, session)
         except BaseException:
             self.clean_up()
             raise

@@ -185,3 +185,19 @@ def test_a_session_needs_a_segment_and_a_model_and_tells_timing_and_licence(edit
     assert describe_timing(InteractResult("l", "f", "x", [], False, 0.3)) == "0.3 s (undo or seed)"
     (tmp_path / "LICENSE").write_text("CC-BY-NC-SA-4.0\n\nAttribution...\n")
     assert model_licence(str(tmp_path)) == "CC-BY-NC-SA-4.0" and model_licence(str(tmp_path / "missing")) == ""
+
+
+def test_a_library_models_licence_comes_from_its_card(model):
+    """The panel shows a library model's licence as its card (the library's list) says it."""
+    import json
+
+    from meddl.cli import main
+    from meddl.models import store
+    from meddl.models.formats import card_path_for
+
+    assert main(["models", "import", model, "--id", "clicks"]) == 0
+    assert model_licence("clicks") == "Apache-2.0 (random test weights)"
+    card_path = card_path_for(store.installed("clicks").model_path)
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    card_path.write_text(json.dumps({**card, "license": "CC-BY-NC-SA-4.0"}), encoding="utf-8")
+    assert model_licence("clicks") == "CC-BY-NC-SA-4.0"

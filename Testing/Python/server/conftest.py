@@ -155,3 +155,13 @@ def _wait_for(condition, timeout: float = 30.0, interval: float = 0.05):
 @pytest.fixture(scope="session")
 def wait_for():
     return _wait_for
+
+
+@pytest.fixture(scope="session")
+def case(tmp_path_factory) -> dict:
+    """The promptable case of `interactive_case.build_case` (a random-weights nnInteractive model, two volumes, prompt
+    histories and the labels `meddl interact` gives locally), built once."""
+    pytest.importorskip("nnInteractive.inference.inference_session")
+    import interactive_case
+
+    return interactive_case.build_case(tmp_path_factory.mktemp("interactive-sessions"))

@@ -14,56 +14,14 @@ import pytest
 
 pytest.importorskip("nnInteractive.inference.inference_session")
 
-import nninteractive_folders  # noqa: E402  (needs nninteractive)
 from meddl.cli import main  # noqa: E402
 from meddl.cli.interact import InteractRequest  # noqa: E402
 from meddl.cli.worker import serve  # noqa: E402
-from meddl.image import Image  # noqa: E402
-from meddl.io import read_image, write_image  # noqa: E402
+from meddl.io import read_image  # noqa: E402
 from meddl.server.client import ServerClient, SessionExpired, SessionRef  # noqa: E402
 from meddl.server.interactive import RemoteInteractiveSession  # noqa: E402
 from meddl.server.jobs import Job, JobService  # noqa: E402
 from meddl.server.workdir import WorkDir  # noqa: E402
-
-SHAPE = (24, 32, 32)
-
-
-def _point(image: Image, kji: tuple[int, int, int], positive: bool = True) -> dict:
-    ras = image.index_to_ras() @ np.array([kji[2], kji[1], kji[0], 1.0])
-    return {"kind": "point", "points": [[float(v) for v in ras[:3]]], "positive": positive}
-
-
-def _volume(path: Path, seed: int) -> Path:
-    """A 24x32x32 volume with a bright ball in noise (off-origin, anisotropic)."""
-    k, j, i = np.indices(SHAPE)
-    ball = ((k - 12) ** 2 + (j - 15) ** 2 + (i - 17) ** 2 < 40).astype(np.float32)
-    noise = np.random.default_rng(seed).normal(0, 0.2, SHAPE).astype(np.float32)
-    write_image(Image(100 * ball + noise, (1.0, 1.0, 1.5), (3.0, -7.0, 11.0)), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def case(tmp_path_factory) -> dict:
-    """The model folder, two images, a prompt history for each, and the labels `meddl interact` gives locally
-    after each step of it."""
-    root = tmp_path_factory.mktemp("interactive-sessions")
-    model = nninteractive_folders.build(root / "model")
-    images = {name: _volume(root / f"{name}.nii.gz", seed) for seed, name in enumerate(("alice", "bob"))}
-    steps = {}
-    for name, path in images.items():
-        image = read_image(path)
-        history = [_point(image, (12, 15, 17)), _point(image, (5, 5, 5), False), _point(image, (14, 18, 16))]
-        steps[name] = [(history[:n], _local(model, path, history[:n], root / f"{name}-{n}")) for n in (1, 2, 3)]
-    return {"model": model, "images": images, "steps": steps}
-
-
-def _local(model: Path, image: Path, prompts: list[dict], stem: Path) -> np.ndarray:
-    prompts_file = stem.with_suffix(".json")
-    prompts_file.write_text(json.dumps(prompts))
-    output = stem.with_suffix(".nii.gz")
-    assert main(["interact", str(image), str(model), str(prompts_file), str(output), "--device", "cpu",
-                 "--progress", "none"]) == 0
-    return read_image(output).array
 
 
 def _labels(result) -> np.ndarray:
