@@ -79,24 +79,15 @@ def _network(session: Any, folder: Path, checkpoint: dict, trust: bool) -> dict:
     from nnInteractive.interaction.point import PointInteraction_stub
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     try:
         capability, radius, thickness, decay, pad_mode = session._load_capability_and_runtime_defaults(str(folder))
         session._apply_capability(capability)
     except (RuntimeError, ValueError, TypeError, AttributeError) as error:
         raise ModelError(f"{folder}: its inference metadata is not usable by nninteractive: {error}") from None
-    plans, dataset = nnunet._read_json(folder / "plans.json"), nnunet._read_json(folder / "dataset.json")
-    configuration = str(checkpoint.get("init_args", {}).get("configuration", ""))
-    try:
-        plans_manager = PlansManager(plans)
-        configuration_manager = plans_manager.get_configuration(configuration)
-        label_manager = plans_manager.get_label_manager(dataset)
-    except Exception as error:  # noqa: BLE001 - malformed plans
-        raise ModelError(f"{folder / 'plans.json'} does not describe configuration {configuration!r}: "
-                         f"{error}") from None
-    nnunet._check_plans_code(configuration_manager, trust, str(folder / "plans.json"))
-    channels = determine_num_input_channels(plans_manager, configuration_manager, dataset)
+    read = nnunet.read_plans(folder, str(checkpoint.get("init_args", {}).get("configuration", "")), trust)
+    plans_manager, configuration_manager = read.plans_manager, read.configuration_manager
+    channels = determine_num_input_channels(plans_manager, configuration_manager, read.dataset)
     try:  # nnInteractiveTrainer_stub's network: nnU-Net's, with the interaction channels and 2 outputs
         network = nnUNetTrainer.build_network_architecture(
             plans_manager, configuration_manager, channels + session.num_interaction_channels, 2,
@@ -107,9 +98,9 @@ def _network(session: Any, folder: Path, checkpoint: dict, trust: bool) -> dict:
     return {"capability_content": capability, "point_interaction": PointInteraction_stub(radius, True),
             "preferred_scribble_thickness": thickness, "interaction_decay": decay, "pad_mode_data": pad_mode,
             "network": network.eval(), "plans_manager": plans_manager,
-            "configuration_manager": configuration_manager, "dataset_json": dataset,
-            "trainer_name": str(checkpoint.get("trainer_name", "")), "label_manager": label_manager,
-            "license": session._load_license(str(folder), plans, checkpoint)}
+            "configuration_manager": configuration_manager, "dataset_json": read.dataset,
+            "trainer_name": str(checkpoint.get("trainer_name", "")), "label_manager": read.label_manager,
+            "license": session._load_license(str(folder), read.plans, checkpoint)}
 
 
 class InteractiveSession(PromptSession):

@@ -199,35 +199,54 @@ class NnunetParts:
     postprocessing: Optional[Postprocessing] = None
 
 
-def _load_stage(folder: Path, trust: bool, folds: Optional[tuple[str, ...]]) -> NnunetParts:
-    """One results folder's plans, fold weights and network (built by its nnU-Net trainer)."""
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+@dataclass
+class Plans:
+    """A folder's plans.json and dataset.json, and nnU-Net's managers of one configuration of them."""
+
+    plans: dict
+    dataset: dict
+    plans_manager: Any
+    configuration_manager: Any
+    label_manager: Any
+
+
+def read_plans(folder: Path, configuration: str, trust: bool) -> Plans:
+    """The plans of `folder` for `configuration`; ModelError when they do not describe it, or (untrusted) name code
+    outside nnU-Net's library. nnInteractive folders share this layout."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     plans, dataset = _read_json(folder / "plans.json"), _read_json(folder / "dataset.json")
+    try:
+        plans_manager = PlansManager(plans)
+        configuration_manager = plans_manager.get_configuration(configuration)
+        label_manager = plans_manager.get_label_manager(dataset)
+    except Exception as error:  # noqa: BLE001 - malformed plans
+        raise ModelError(f"{folder / 'plans.json'} does not describe configuration {configuration!r}: "
+                         f"{error}") from None
+    _check_plans_code(configuration_manager, trust, str(folder / "plans.json"))
+    return Plans(plans, dataset, plans_manager, configuration_manager, label_manager)
+
+
+def _load_stage(folder: Path, trust: bool, folds: Optional[tuple[str, ...]]) -> NnunetParts:
+    """One results folder's plans, fold weights and network (built by its nnU-Net trainer)."""
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+
     checkpoints = [(fold, load_checkpoint(file, trust)) for fold, file in _folds(folder, folds)]
     first = checkpoints[0][1]
     trainer_name = str(first.get("trainer_name", "nnUNetTrainer"))
     configuration_name = str(first.get("init_args", {}).get("configuration", folder.name.rsplit("__", 1)[-1]))
-    try:
-        plans_manager = PlansManager(plans)
-        configuration_manager = plans_manager.get_configuration(configuration_name)
-        label_manager = plans_manager.get_label_manager(dataset)
-    except Exception as error:  # noqa: BLE001 - malformed plans
-        raise ModelError(f"{folder / 'plans.json'} does not describe configuration {configuration_name!r}: "
-                         f"{error}") from None
-    _check_plans_code(configuration_manager, trust, str(folder / "plans.json"))
+    read = read_plans(folder, configuration_name, trust)
     trainer = _trainer_class(trainer_name, trust)
     try:
         network = trainer.build_network_architecture(
-            plans_manager, configuration_manager, determine_num_input_channels(plans_manager, configuration_manager,
-                                                                               dataset),
-            label_manager.num_segmentation_heads, enable_deep_supervision=False)
+            read.plans_manager, read.configuration_manager,
+            determine_num_input_channels(read.plans_manager, read.configuration_manager, read.dataset),
+            read.label_manager.num_segmentation_heads, enable_deep_supervision=False)
         network.load_state_dict(first["network_weights"])
     except Exception as error:  # noqa: BLE001 - plans and weights that do not fit
         raise ModelError(f"the network of {folder} cannot be built from its plans and weights: {error}") from None
     mirroring = first.get("inference_allowed_mirroring_axes")
-    return NnunetParts(plans_manager, configuration_manager, dataset,
+    return NnunetParts(read.plans_manager, read.configuration_manager, read.dataset,
                        [checkpoint["network_weights"] for _, checkpoint in checkpoints], trainer_name,
                        tuple(mirroring) if mirroring is not None else None, network.eval(), configuration_name,
                        [fold for fold, _ in checkpoints], folder)
