@@ -16,19 +16,16 @@ from ..device import select_compute
 from ..errors import ModelError
 from ..image import Image
 from ..models import store
-from ..models.formats import PROMPTABLE_METADATA, is_promptable_folder
+from ..models.formats import PROMPTABLE_METADATA, existing_path, is_promptable_folder
 from .session import Prompt, PromptSession
 
 
 def resolve(reference: str | Path) -> tuple[Path, bool]:
     """The model's path, and whether the library trusts it (it was installed trusted)."""
     text = str(reference)
-    try:
-        exists = Path(text).exists()
-    except (OSError, ValueError):
-        exists = False
-    if exists:
-        return Path(text), False
+    path = existing_path(text)
+    if path is not None:
+        return path, False
     installed = store.installed(text) if store.ID_PATTERN.match(text) else None
     if installed is None:
         raise ModelError(f"promptable model not found: {text!r} is neither a file or folder nor a model of the "

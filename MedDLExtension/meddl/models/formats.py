@@ -21,14 +21,21 @@ def is_bundle(folder: Path) -> bool:
     return (folder / "configs" / "metadata.json").is_file()
 
 
+def existing_path(reference) -> Optional[Path]:
+    """The reference as a path when something exists there, else None (a model id, a wrong path, a name too long
+    for the file system or holding a NUL character)."""
+    try:
+        path = Path(reference)
+        return path if path.exists() else None
+    except (OSError, ValueError):
+        return None
+
+
 def model_files(reference) -> list[Path]:
     """The files a model reference reads (a model file and its card, or a folder); none for an id. A job's
     outputs must not be one of them."""
-    try:
-        path = Path(reference) if reference else None
-        if path is None or not path.exists():
-            return []
-    except (OSError, ValueError):
+    path = existing_path(reference) if reference else None
+    if path is None:
         return []
     return [path] if path.is_dir() else [path, card_path_for(path)]
 

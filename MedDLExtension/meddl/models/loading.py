@@ -19,7 +19,7 @@ from ..errors import ModelError
 from . import catalog, nnunet, store
 from .bundle import load_bundle
 from .card import card_from_dict, read_card
-from .formats import card_path_for, is_bundle, is_promptable_folder, nnunet_results_folder
+from .formats import card_path_for, existing_path, is_bundle, is_promptable_folder, nnunet_results_folder
 from .loaded import LoadedModel
 from .networks import (
     build_monai_network,
@@ -55,12 +55,9 @@ class _Resolved:
 def _resolve(text: str) -> _Resolved:
     """An existing path wins; a catalog id is the catalog's model (a library folder of that name counts only
     when it was installed from the catalog); any other id is a library model. ModelError when none exists."""
-    try:
-        exists = Path(text).exists()
-    except (OSError, ValueError):  # a name too long for the file system, a NUL character
-        exists = False
-    if exists:
-        return _Resolved(path=Path(text))
+    path = existing_path(text)
+    if path is not None:
+        return _Resolved(path=path)
     if store.ID_PATTERN.match(text):
         if catalog.has_entry(text):
             if "python_package" in catalog.get_entry(text)["source"]:
