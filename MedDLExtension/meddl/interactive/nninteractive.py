@@ -13,8 +13,6 @@ pass unchanged. Prompts are physical positions (RAS by default, or LPS) mapped t
 from __future__ import annotations
 
 import contextlib
-import io
-import logging
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -28,9 +26,8 @@ from ..image import Image, check_scalar_volume
 from ..models import nnunet
 from ..models.formats import PROMPTABLE_METADATA
 from . import prompts
-from .session import InteractionResult, PromptSession, seed_mask
+from .session import InteractionResult, PromptSession, package_quietly, seed_mask
 
-log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint_final.pth"
 METADATA = PROMPTABLE_METADATA
 
@@ -41,19 +38,6 @@ def _require_package() -> None:
     except ImportError:
         raise ModelError("this is an nnInteractive model: MedDL runs it with the nninteractive package, which is "
                          "not installed (`pip install meddl[interactive]`)") from None
-
-
-@contextlib.contextmanager
-def _quiet(threads: int) -> Iterator[None]:
-    """The package prints progress and sets torch's thread count: log the first, undo the second."""
-    captured = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(captured):
-            yield
-    finally:
-        torch.set_num_threads(threads)
-        if captured.getvalue().strip():
-            log.debug("nninteractive: %s", captured.getvalue().strip())
 
 
 def check_model_folder(folder: Path, fold: Optional[str] = None) -> Path:
@@ -121,7 +105,6 @@ class InteractiveSession(PromptSession):
         self._threads = torch.get_num_threads()
         self._seed = seed
         self._numpy_state = np.random.RandomState(seed).get_state()
-        self._image: Optional[Image] = None
         self._target: Optional[np.ndarray] = None
         if storage not in ("auto", "tensor", "blosc2"):
             raise InputError(f"interaction storage must be auto, tensor or blosc2, not {storage!r}")
@@ -151,8 +134,7 @@ class InteractiveSession(PromptSession):
         outer = np.random.get_state()
         np.random.set_state(self._numpy_state)
         try:
-            with torch.random.fork_rng(devices=[]), _quiet(self._threads):
-                torch.manual_seed(self._seed)
+            with package_quietly("nninteractive", self._threads, self._seed):
                 yield
         finally:
             self._numpy_state = np.random.get_state()
@@ -170,11 +152,6 @@ class InteractiveSession(PromptSession):
             self._session.set_image(np.ascontiguousarray(array, dtype=np.float32)[None])
             self._session.set_target_buffer(self._target)
             self._session._finish_preprocessing_and_initialize_interactions()
-
-    def _needs_image(self) -> Image:
-        if self._image is None:
-            raise InputError("no image: call set_image before adding prompts")
-        return self._image
 
     def _run(self, call: Any, *args: Any, **kwargs: Any) -> InteractionResult:
         start = time.perf_counter()

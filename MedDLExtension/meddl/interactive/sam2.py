@@ -17,7 +17,6 @@ before the last prompt (or replays the prompts left), so it always equals a fres
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import time
 from collections import OrderedDict
@@ -34,7 +33,7 @@ from ..errors import InputError, ModelError
 from ..image import Image, check_scalar_volume
 from . import prompts, sam2_model
 from .sam2_model import is_sam2_model
-from .session import InteractionResult, PromptSession, seed_mask
+from .session import InteractionResult, PromptSession, package_quietly, seed_mask
 
 __all__ = ["Sam2Session", "is_sam2_model", "window"]
 log = logging.getLogger(__name__)
@@ -150,7 +149,6 @@ class Sam2Session(PromptSession):
         with self._package():
             self._predictor = sam2_model.build_predictor(config, weights, device, checkpoint)
         self.license, self.license_text = sam2_model.read_license(checkpoint)
-        self._image: Optional[Image] = None
 
     @property
     def image_size(self) -> int:
@@ -161,27 +159,14 @@ class Sam2Session(PromptSession):
     def _package(self) -> Iterator[None]:
         """Run package code with MedDL's thread count and a fixed torch seed, its progress bars and prints in the
         log; the caller's random state is left as it was."""
-        captured = io.StringIO()
-        try:
-            with torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(captured), \
-                    contextlib.redirect_stderr(captured):
-                torch.manual_seed(self._seed)
-                yield
-        finally:
-            torch.set_num_threads(self._threads)
-            if captured.getvalue().strip():
-                log.debug("sam2: %s", captured.getvalue().strip())
+        with package_quietly("sam2", self._threads, self._seed, stderr=True):
+            yield
 
     def set_image(self, image: Image) -> None:
         """The image to segment (one channel; its grid is kept: results are on it). Clears the prompts."""
         check_scalar_volume(image, "interactive segmentation image")
         self._image, self._windowed = image, window(image.array)
         self.reset()
-
-    def _needs_image(self) -> Image:
-        if self._image is None:
-            raise InputError("no image: call set_image before adding prompts")
-        return self._image
 
     def reset(self) -> None:
         """Forget all prompts, the seed and the label map (the image stays)."""

@@ -8,10 +8,13 @@ as JSON from Slicer to the worker, to a server, or sit in a file for batch work.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Optional
@@ -21,6 +24,8 @@ import numpy as np
 from ..errors import InputError
 from ..image import Image
 from .prompts import SPACES
+
+log = logging.getLogger(__name__)
 
 KINDS = ("point", "box", "scribble", "lasso")
 POINTS_NEEDED = {"point": (1, 1), "box": (2, 2), "scribble": (1, 10000), "lasso": (3, 10000)}
@@ -124,6 +129,25 @@ def seed_mask(image: Image, labels: Image | np.ndarray) -> np.ndarray:
     return (array != 0).astype(np.uint8)
 
 
+@contextlib.contextmanager
+def package_quietly(package: str, threads: int, seed: int, stderr: bool = False) -> Iterator[None]:
+    """Run a family's package code: torch's random stream forked and seeded with `seed` (the caller's is left as
+    it was), the package's prints (and with `stderr` its progress bars) sent to the log, and torch's thread count,
+    which the packages change, set back to `threads`."""
+    import torch  # only families that run a package get here
+
+    captured = io.StringIO()
+    try:
+        with torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(captured), \
+                (contextlib.redirect_stderr(captured) if stderr else contextlib.nullcontext()):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        torch.set_num_threads(threads)
+        if captured.getvalue().strip():
+            log.debug("%s: %s", package, captured.getvalue().strip())
+
+
 class PromptSession(ABC):
     """A promptable model on one image. Families implement the prompt kinds they support (`kinds`)."""
 
@@ -131,6 +155,12 @@ class PromptSession(ABC):
     kinds: ClassVar[tuple[str, ...]]
     license: str = ""
     license_text: str = ""
+    _image: Optional[Image] = None  # set by `set_image`
+
+    def _needs_image(self) -> Image:
+        if self._image is None:
+            raise InputError("no image: call set_image before adding prompts")
+        return self._image
 
     @abstractmethod
     def set_image(self, image: Image) -> None:
