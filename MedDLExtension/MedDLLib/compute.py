@@ -20,7 +20,8 @@ from typing import Any, Optional, Protocol, Union
 from meddl.errors import MeddlError
 from meddl.library.overview import ModelRow, filter_rows
 from meddl.protocol import Request, Result
-from meddl.server.client import ServerClient, SessionExpired, SessionRef
+from meddl.server.client import ServerClient
+from meddl.server.interactive import KeptSession
 from meddl.server.transport import is_loopback
 
 from .jobs import EngineJob, Job, JobFailed, JobState
@@ -243,60 +244,22 @@ class ServerSession:
 
     def __init__(self, compute: Compute, template: Request) -> None:
         self.compute, self.template = compute, template
-        self._ref: Optional[SessionRef] = None
-        self._closed = False
-        self._lock = threading.Lock()
+        self._kept = KeptSession(ServerClient(compute.server_url, compute.api_key), template)
 
     def serves(self, compute: Compute, template: Request) -> bool:
         """Whether jobs of `template` on `compute` can use this session (the same server and fixed inputs)."""
         fields = getattr(type(template), "session_fields", ())
-        return (not self._closed and compute == self.compute and type(template) is type(self.template)
+        return (not self._kept.closed and compute == self.compute and type(template) is type(self.template)
                 and all(getattr(template, name) == getattr(self.template, name) for name in fields))
 
-    def run(self, client: ServerClient, request: Request, progress, cancelled) -> Result:
-        """`request` on the session (opening it first when needed), as `ServerClient.run` gives it."""
-        try:
-            return client.run(request, progress, cancelled, session=self._open(client, progress))
-        except SessionExpired:
-            with self._lock:
-                self._ref = None
-            return client.run(request, progress, cancelled, session=self._open(client, progress))
+    def run(self, request: Request, progress, cancelled) -> Result:
+        """`request` in the session (opening it first when needed), as `ServerClient.run` gives it."""
+        return self._kept.run(request, progress, cancelled)
 
-    def _open(self, client: ServerClient, progress) -> SessionRef:
-        with self._lock:
-            if self._ref is not None or self._closed:
-                return self._checked()
-        ref = client.open_session(self.template, progress)  # not under the lock: `close()` must never wait for it
-        with self._lock:
-            if self._ref is None and not self._closed:
-                self._ref = ref
-                return ref
-        self._close_on_server(ref)
-        with self._lock:
-            return self._checked()
-
-    def _checked(self) -> SessionRef:
-        if self._closed or self._ref is None:
-            raise MeddlError("the interactive session on the server was closed")
-        return self._ref
-
-    def close(self, wait: bool = False) -> None:
-        """Free the session on the server, in the background unless `wait` (a server that cannot be reached frees
-        it after its idle timeout); its jobs cannot run any more."""
-        with self._lock:
-            ref, self._ref, self._closed = self._ref, None, True
-        if ref is None:
-            return
-        if wait:
-            self._close_on_server(ref)
-        else:
-            threading.Thread(target=self._close_on_server, args=(ref,), name="meddl-close-session", daemon=True).start()
-
-    def _close_on_server(self, ref: SessionRef) -> None:
-        try:
-            ServerClient(self.compute.server_url, self.compute.api_key, timeout=LIST_TIMEOUT_S).close_session(ref.id)
-        except MeddlError as error:
-            logging.info("MedDL: the server did not close interactive session %s (%s)", ref.id, error)
+    def close(self) -> None:
+        """Free the session on the server, in the background (a server that cannot be reached frees it after its
+        idle timeout); its jobs cannot run any more."""
+        self._kept.close(background=True)
 
 
 def start_engine_job(request: Request, device: Optional[str], session: Optional[ServerSession] = None) -> Job:
@@ -331,7 +294,7 @@ class RemoteEngineJob(Job):
     def _run(self) -> None:
         try:
             if self.session is not None:
-                result = self.session.run(self._client, self.request, self._progress, self._cancel.is_set)
+                result = self.session.run(self.request, self._progress, self._cancel.is_set)
             else:
                 result = self._client.run(self.request, self._progress, self._cancel.is_set)
         except MeddlError as error:

@@ -17,7 +17,8 @@ The client (standard library only):
 - `transport`: its HTTP, the JSON answers and the errors they become.
 - `exchange`: the mapping between local paths and the server's `upload:ID` and `file:...` tokens.
 - `sending`: what a local input is uploaded as (folders and model files zipped).
-- `interactive`: `RemoteInteractiveSession`, an interactive segmentation session kept open on a server.
+- `interactive`: `RemoteInteractiveSession`, an interactive segmentation session kept open on a server, and
+  `KeptSession`, the opening, reopening and closing both it and Slicer's effect use.
 
 docs/SERVER.md describes the API.
 """

@@ -15,11 +15,12 @@ process ends, and by the server after its idle timeout.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
+import logging
 import shutil
 import tempfile
+import threading
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,15 +29,85 @@ from typing import Any, Callable, Optional, Union
 from ..cli.interact import InteractRequest, InteractResult
 from ..errors import MeddlError
 from ..progress import Progress
-from .client import ServerClient, SessionExpired
+from ..protocol import Request, Result
+from .client import ServerClient, SessionExpired, SessionRef
+
+log = logging.getLogger(__name__)
 
 PromptsLike = Union[str, Path, Sequence[Any]]  # a JSON file, or prompts (`meddl.interactive.Prompt` or dicts)
 
 
-def _close(client: ServerClient, holder: list[str], folder: Path) -> None:
+class KeptSession:
+    """The interactive session of `template` (a request whose type has `session_fields`) on the server of `client`:
+    opened by `open()` or the first `run()`, opened again when the server lost it, freed by `close()`. Safe to use
+    from a job's thread while another closes it."""
+
+    def __init__(self, client: ServerClient, template: Request) -> None:
+        self.client, self.template = client, template
+        self._ref: Optional[SessionRef] = None
+        self._closed = False
+        self._lock = threading.Lock()
+
+    @property
+    def id(self) -> Optional[str]:
+        """The server's id of the session (None before it is opened)."""
+        return self._ref.id if self._ref is not None else None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def open(self, progress: Optional[Progress] = None) -> SessionRef:
+        """The open session, uploading the template's fixed inputs when it is not open yet (never under the lock:
+        `close()` must not wait for an upload)."""
+        with self._lock:
+            if self._ref is not None or self._closed:
+                return self._checked()
+        ref = self.client.open_session(self.template, progress)
+        with self._lock:
+            if self._ref is None and not self._closed:
+                self._ref = ref
+                return ref
+        self._close_on_server(ref)  # closed meanwhile, or another thread opened one first
+        with self._lock:
+            return self._checked()
+
+    def _checked(self) -> SessionRef:
+        if self._closed or self._ref is None:
+            raise MeddlError("the interactive session is closed")
+        return self._ref
+
+    def run(self, request: Request, progress: Optional[Progress] = None,
+            cancelled: Optional[Callable[[], bool]] = None) -> Result:
+        """`request` in the session, as `ServerClient.run` gives it; opened again once if the server lost it."""
+        try:
+            return self.client.run(request, progress, cancelled, session=self.open(progress))
+        except SessionExpired:
+            with self._lock:
+                self._ref = None
+            return self.client.run(request, progress, cancelled, session=self.open(progress))
+
+    def close(self, background: bool = False) -> None:
+        """Free the session on the server, in a thread of its own when `background` (a front end must not wait
+        for it); it cannot run jobs from now on. A server that cannot be reached frees it after its idle timeout."""
+        with self._lock:
+            ref, self._ref, self._closed = self._ref, None, True
+        if ref is not None and background:
+            threading.Thread(target=self._close_on_server, args=(ref,), name="meddl-close-session",
+                             daemon=True).start()
+        elif ref is not None:
+            self._close_on_server(ref)
+
+    def _close_on_server(self, ref: SessionRef) -> None:
+        try:
+            self.client.close_session(ref.id)
+        except MeddlError as error:
+            log.info("the server did not close interactive session %s (%s)", ref.id, error)
+
+
+def _close(kept: KeptSession, folder: Path) -> None:
     """Close the session on the server (if it still answers) and remove the local folder."""
-    with contextlib.suppress(MeddlError):  # a server that is gone frees it after its idle timeout
-        client.close_session(holder[0])
+    kept.close()
     shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -49,19 +120,19 @@ class RemoteInteractiveSession:
         self.client = client
         seed_file = None if seed_labels is None else str(seed_labels)
         self._template = InteractRequest(str(image), str(model), "", "", seed_file, device, False, seed, compress)
+        self._kept = KeptSession(client, self._template)
         self._folder = Path(tempfile.mkdtemp(prefix="meddl-session-"))
         try:
-            self._ref = client.open_session(self._template, progress)
+            self._kept.open(progress)
         except BaseException:
             shutil.rmtree(self._folder, ignore_errors=True)
             raise
-        self._holder = [self._ref.id]
-        self._closer = weakref.finalize(self, _close, client, self._holder, self._folder)
+        self._closer = weakref.finalize(self, _close, self._kept, self._folder)
 
     @property
     def id(self) -> str:
         """The server's id of the session."""
-        return self._ref.id
+        return self._kept.id
 
     @property
     def closed(self) -> bool:
@@ -75,12 +146,7 @@ class RemoteInteractiveSession:
             raise MeddlError("the interactive session is closed")
         target = Path(output) if output is not None else self._folder / "labels.nii.gz"
         request = dataclasses.replace(self._template, prompts=str(self._prompts_file(prompts)), output=str(target))
-        try:
-            return self.client.run(request, progress, cancelled, session=self._ref)
-        except SessionExpired:
-            self._ref = self.client.open_session(self._template, progress)
-            self._holder[0] = self._ref.id
-            return self.client.run(request, progress, cancelled, session=self._ref)
+        return self._kept.run(request, progress, cancelled)
 
     def _prompts_file(self, prompts: PromptsLike) -> Path:
         if isinstance(prompts, (str, Path)):
