@@ -10,7 +10,6 @@ FastAPI is imported inside the functions that need it (the `server` extra): the 
 This module deliberately has no `from __future__ import annotations`: FastAPI reads the handlers' annotations.
 """
 
-import collections
 import contextlib
 import dataclasses
 import math
@@ -26,6 +25,7 @@ from ..protocol import Request
 from .answers import answer, error, json_body, not_found, owner_of, refused
 from .jobs import FINISHED, Job, JobService, TooManyJobs
 from .keys import Authenticate, KeyRing
+from .limits import PerKeyLimit
 from .plan import JobPlan, plan_job, request_types
 from .prepare import build_job
 from .session_routes import add_session_routes
@@ -60,8 +60,13 @@ class Server:
     registry: dict[str, type[Request]]
     sessions: SessionStore
     stopping: threading.Event = dataclasses.field(default_factory=threading.Event)
-    preparing: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # jobs being built
-    _preparing_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    job_limit: PerKeyLimit = dataclasses.field(init=False)  # jobs queued, running or being prepared, per key
+
+    def __post_init__(self) -> None:
+        limit = self.settings.max_jobs_per_key
+        self.job_limit = PerKeyLimit(limit, self.jobs.active_jobs, lambda held: TooManyJobs(
+            f"this key already has {limit} jobs queued or running, the server's limit per key: wait for one to "
+            "finish"))
 
     @classmethod
     def open(cls, settings: ServerSettings) -> "Server":
@@ -87,23 +92,13 @@ class Server:
         session = None
         if data.get("session") is not None:
             session = self.sessions.for_job(owner, data["session"], plan, data.get("fields", {}))
-        with self._preparing_lock:
-            if self.jobs.active_jobs(owner) + self.preparing[owner] >= self.settings.max_jobs_per_key:
-                raise TooManyJobs(f"this key already has {self.settings.max_jobs_per_key} jobs queued or running, "
-                                  "the server's limit per key: wait for one to finish")
-            self.preparing[owner] += 1
-        try:
+        with self.job_limit.building(owner):
             claimed = self.uploads.claim(owner, plan.upload_ids)
             try:
                 job, position = self._queue(plan, claimed, owner, session)
             except BaseException:
                 self.uploads.unclaim(claimed)
                 raise
-        finally:
-            with self._preparing_lock:
-                self.preparing[owner] -= 1
-                if self.preparing[owner] <= 0:
-                    del self.preparing[owner]
         self.uploads.consume(claimed)
         return job, position
 

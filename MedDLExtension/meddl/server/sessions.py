@@ -15,7 +15,6 @@ the server stops; its worker is then told to forget it and its files are removed
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import secrets
 import shutil
@@ -28,6 +27,7 @@ from typing import Any, Optional
 from ..errors import InputError, MeddlError
 from ..protocol import Request
 from .jobs import JobService
+from .limits import PerKeyLimit
 from .plan import JobPlan, RequestRefused, plan_job
 from .prepare import place_inputs, set_inputs
 from .settings import ServerSettings
@@ -78,8 +78,13 @@ class SessionStore:
                  registry: dict[str, type[Request]]) -> None:
         self.settings, self.work, self.uploads, self.jobs, self.registry = settings, work, uploads, jobs, registry
         self._sessions: dict[str, Session] = {}
-        self._opening: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
+        self._limit = PerKeyLimit(MAX_SESSIONS_PER_KEY, self._held, lambda held: TooManySessions(
+            f"this key has {held} open sessions, the server's limit: close one"))
+
+    def _held(self, owner: str) -> int:
+        with self._lock:
+            return sum(1 for session in self._sessions.values() if session.owner == owner)
 
     def open(self, owner: str, data: Any) -> Session:
         """Check a session's fields, take its uploads into its folder and give it a worker slot."""
@@ -94,21 +99,11 @@ class SessionStore:
                    and item.default is dataclasses.MISSING and item.name not in plan.values]
         if missing:
             raise InputError(f"a session of {plan.request_type.__name__} needs {', '.join(missing)}")
-        with self._lock:
-            held = self._opening[owner] + sum(1 for s in self._sessions.values() if s.owner == owner)
-            if held >= MAX_SESSIONS_PER_KEY:
-                raise TooManySessions(f"this key has {held} open sessions, the server's limit: close one")
-            self._opening[owner] += 1
-        try:
+        with self._limit.building(owner):
             session = self._build(owner, plan)
             with self._lock:
                 self._sessions[session.id] = session
             return session
-        finally:
-            with self._lock:
-                self._opening[owner] -= 1
-                if self._opening[owner] <= 0:
-                    del self._opening[owner]
 
     def _build(self, owner: str, plan: JobPlan) -> Session:
         claimed = self.uploads.claim(owner, plan.upload_ids)

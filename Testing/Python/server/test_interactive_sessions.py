@@ -17,6 +17,7 @@ pytest.importorskip("nnInteractive.inference.inference_session")
 from meddl.cli import main  # noqa: E402
 from meddl.cli.interact import InteractRequest  # noqa: E402
 from meddl.cli.worker import serve  # noqa: E402
+from meddl.errors import MeddlError  # noqa: E402
 from meddl.io import read_image  # noqa: E402
 from meddl.server.client import ServerClient, SessionExpired, SessionRef  # noqa: E402
 from meddl.server.interactive import RemoteInteractiveSession  # noqa: E402
@@ -138,3 +139,18 @@ def test_a_worker_answers_release_messages():
     events = [json.loads(line) for line in out.getvalue().splitlines()][1:]  # after "ready"
     assert events[0] == {"event": "done", "job": "a", "released": 0}
     assert events[1]["event"] == "error" and events[1]["kind"] == "ProtocolError" and events[1]["job"] == "b"
+
+
+def test_a_key_opens_at_most_its_limit_of_sessions(case, start_server, alice, bob):
+    from meddl.server.sessions import MAX_SESSIONS_PER_KEY
+
+    server = start_server(workers=1, max_upload_mb=32.0)
+    ours = [_session(ServerClient(server.url, alice), case, "alice") for _ in range(MAX_SESSIONS_PER_KEY)]
+    with pytest.raises(MeddlError, match=f"this key has {MAX_SESSIONS_PER_KEY} open sessions"):
+        _session(ServerClient(server.url, alice), case, "alice")
+    _session(ServerClient(server.url, bob), case, "bob").close()  # another key's limit is its own
+    ours.pop().close()
+    ours.append(_session(ServerClient(server.url, alice), case, "alice"))  # a closed one makes room
+    for session in ours:
+        session.close()
+    assert server.state.sessions.count() == 0
